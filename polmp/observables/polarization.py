@@ -1,0 +1,182 @@
+"""Polarization, Born effective charges, system polarizability and field forces.
+
+Everything here is autodiff of a function that maps positions to the *total* latent
+charges and dipoles of a frame (permanent + induced), so it works for any model
+(method.md §7):
+
+    P = sum_i (q_i + dq_i) r_i + sum_i (mu_i + dmu_i)     (mean of q + dq removed)
+    Z*_{i,ab} = sqrt(eps_e) dP_a / dr_{i,b}
+
+``charges_fn(positions) -> (charges (N,), dipoles (N, 3))`` is the contract; build it
+from a model with its parameters and neighbour list closed over.
+
+Periodic cells use the phase (Berry-like) form for the charge part, so that the
+result does not depend on which image of an atom is stored: with fractional
+coordinates s = r M^-1 (rows of M are lattice vectors),
+
+    Pt_a = sum_j Q_j exp(2 pi i s_{j,a}) / (2 pi i)
+    Zt_{i,ab} = Re[ exp(-2 pi i s_{i,a}) dPt_a / dr_{i,b} ]
+    Z^q_i = M^T Zt_i                      (back to Cartesian)
+
+and the dipole part d(sum_j mu_j + dmu_j)/dr_i is taken directly.  For rigid point
+charges both forms give Z*_i = q_i I exactly; for a molecule in a large box they
+agree to O((size / L)^2).
+
+Screening: latents are screened charges, so Born charges carry sqrt(eps_e): eps_e = 1
+in vacuum, eps_inf for bulk without induced dipoles, eps_inf / (1 + chi) with them
+(see ``electronic_screening``).  The global sign of all latents is arbitrary (a
+trained model may come out with the opposite sign convention).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from polmp import units
+
+
+def _centred(charges, atom_mask):
+    """Charges with their (masked) mean removed, so P does not depend on the origin."""
+    if atom_mask is None:
+        return charges - charges.mean()
+    n = jnp.maximum(atom_mask.sum(), 1)
+    mean = jnp.where(atom_mask, charges, 0.0).sum() / n
+    return jnp.where(atom_mask, charges - mean, 0.0)
+
+
+def polarization(charges_fn, positions, atom_mask=None):
+    """Direct-form polarization (dipole) P = sum_i Q_i r_i + sum_i m_i, e*A.
+
+    Args:
+        charges_fn: positions -> (charges (N,) e, dipoles (N, 3) e*A), total latents.
+        positions: Float[Array, 'N 3'], A.
+        atom_mask: optional Bool[Array, 'N'] for padded frames.
+
+    Returns:
+        Float[Array, '3'], e*A (unscreened).
+    """
+    charges, dipoles = charges_fn(positions)
+    charges = _centred(charges, atom_mask)
+    if atom_mask is not None:
+        dipoles = jnp.where(atom_mask[:, None], dipoles, 0.0)
+    return charges @ positions + dipoles.sum(0)
+
+
+def _phase_polarization(charges_fn, positions, cell, atom_mask):
+    """Real and imaginary parts of Pt_a = sum_j Q_j exp(2 pi i s_ja) / (2 pi i), plus sum m."""
+    charges, dipoles = charges_fn(positions)
+    charges = _centred(charges, atom_mask)
+    s = jnp.linalg.solve(cell.T, positions.T).T  # (N, 3) fractional
+    theta = 2.0 * math.pi * s
+    # exp(i theta)/(2 pi i) = (sin theta - i cos theta) / (2 pi)
+    real = charges @ jnp.sin(theta) / (2.0 * math.pi)
+    imag = -(charges @ jnp.cos(theta)) / (2.0 * math.pi)
+    if atom_mask is not None:
+        dipoles = jnp.where(atom_mask[:, None], dipoles, 0.0)
+    return real, imag, dipoles.sum(0)
+
+
+def born_charges(
+    charges_fn,
+    positions,
+    cell=None,
+    *,
+    eps_e: float = 1.0,
+    atom_mask=None,
+    enforce_sum_rule: bool = False,
+):
+    """Born effective charges Z*_{i,ab} = sqrt(eps_e) dP_a/dr_{i,b} by autodiff.
+
+    Args:
+        charges_fn: positions -> (charges (N,), dipoles (N, 3)): total latent charges
+            (e) and dipoles (e*A), permanent + induced.
+        positions: Float[Array, 'N 3'], A.
+        cell: None (molecule/cluster: direct form) or Float[Array, '3 3'] with rows
+            the lattice vectors (phase form for the charge part).
+        eps_e: electronic screening constant (1 in vacuum).
+        atom_mask: optional Bool[Array, 'N']; padded atoms get Z* = 0.
+        enforce_sum_rule: subtract the mean so that sum_i Z*_i = 0 (acoustic sum rule).
+
+    Returns:
+        Float[Array, 'N 3 3'], e.
+    """
+    if cell is None:
+        z = jax.jacrev(lambda r: polarization(charges_fn, r, atom_mask))(positions)  # (3, N, 3)
+        z = jnp.transpose(z, (1, 0, 2))
+    else:
+        d_real, d_imag, d_dip = jax.jacrev(
+            lambda r: _phase_polarization(charges_fn, r, cell, atom_mask)
+        )(positions)  # each (3, N, 3): [a, i, b]
+        s = jnp.linalg.solve(cell.T, positions.T).T
+        theta = 2.0 * math.pi * s  # (N, 3): [i, a]
+        # Re[exp(-i theta_ia) (dRe + i dIm)] = cos dRe + sin dIm
+        z_tilde = (
+            jnp.cos(theta).T[:, :, None] * d_real + jnp.sin(theta).T[:, :, None] * d_imag
+        )  # [a, i, b]
+        z_charge = jnp.einsum("ac,aib->icb", cell, z_tilde)  # M^T Zt
+        z = z_charge + jnp.transpose(d_dip, (1, 0, 2))
+    z = math.sqrt(eps_e) * z
+    if atom_mask is not None:
+        z = jnp.where(atom_mask[:, None, None], z, 0.0)
+    if enforce_sum_rule:
+        n = z.shape[0] if atom_mask is None else jnp.maximum(atom_mask.sum(), 1)
+        correction = z.sum(0) / n
+        z = z - correction if atom_mask is None else jnp.where(atom_mask[:, None, None], z - correction, 0.0)
+    return z
+
+
+def acoustic_sum_rule_violation(bec, atom_mask=None):
+    """sum_i Z*_i (3x3, e): zero for a neutral periodic system."""
+    if atom_mask is not None:
+        bec = jnp.where(atom_mask[:, None, None], bec, 0.0)
+    return bec.sum(0)
+
+
+def electronic_screening(eps_inf: float, alpha=None, volume=None):
+    """Screening constant eps_e for Born charges (method.md §7).
+
+    eps_e = eps_inf without induced dipoles; with them eps_inf / (1 + chi),
+    chi = sum_i tr(alpha_i)/3 / (eps0 V).
+
+    Args:
+        eps_inf: high-frequency dielectric constant (water 1.78, MAPbI3 4.7; 1 in vacuum).
+        alpha: optional (N,) or (N, 3, 3) latent polarizabilities, e^2 A^2 / eV.
+        volume: cell volume, A^3 (needed with alpha).
+    """
+    if alpha is None:
+        return eps_inf
+    if volume is None:
+        raise ValueError("electronic_screening with alpha needs the cell volume")
+    alpha = jnp.asarray(alpha)
+    trace = alpha if alpha.ndim == 1 else jnp.trace(alpha, axis1=-2, axis2=-1) / 3.0
+    chi = trace.sum() / (units.EPSILON0 * volume)
+    return eps_inf / (1.0 + chi)
+
+
+def system_polarizability(alpha, eps_e: float = 1.0, atom_mask=None):
+    """alpha_sys = eps_e * k_e * sum_i alpha_i, in A^3 (3x3).
+
+    Args:
+        alpha: (N,) isotropic or (N, 3, 3) latent polarizabilities, e^2 A^2 / eV.
+        eps_e: screening constant.
+        atom_mask: optional Bool[Array, 'N'].
+    """
+    alpha = jnp.asarray(alpha)
+    if alpha.ndim == 1:
+        alpha = alpha[:, None, None] * jnp.eye(3, dtype=alpha.dtype)
+    if atom_mask is not None:
+        alpha = jnp.where(atom_mask[:, None, None], alpha, 0.0)
+    return eps_e * units.COULOMB * alpha.sum(0)
+
+
+def field_forces(bec, field):
+    """Forces of a uniform external field on the ions: F_i = Z*_i^T E (eV/A).
+
+    Args:
+        bec: Float[Array, 'N 3 3'], e, Z*_{i,ab} = dP_a/dr_{i,b}.
+        field: Float[Array, '3'], V/A.
+    """
+    return jnp.einsum("iab,a->ib", bec, field)
