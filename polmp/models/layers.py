@@ -1,0 +1,308 @@
+"""Equivariant short-range backbone: species embedding and NequIP-style interactions.
+
+Contract.  ``Backbone(config)(graph, positions, cell)`` maps a padded ``Graph`` to per-atom
+features, an ``e3nn.IrrepsArray`` of shape (N, irreps.dim) with irreps
+``C x 0e + C x 1o + C x 2e + ...`` up to ``l_max`` (natural parity, (-1)^l), where
+C = ``config.num_channels``.  Padding atoms (species 0 / ``atom_mask`` False) get exactly
+zero features; padded edges (``edge_mask`` False, zero length) contribute nothing.
+
+One interaction layer (Batzner et al., NequIP, Nat. Commun. 13, 2453 (2022)):
+
+    h_j'        = W_1 h_j                                          (self-interaction)
+    m_ij        = R(r_ij) u(r_ij) * [h_j' (x) Y(r_ij / r_ij)]       (per path weights)
+    a_i         = 1/avg_num_neighbors * sum_{j in N(i)} m_ij        (scatter over idx_i)
+    h_i^{new}   = Gate( W_2 a_i + W_sc[species_i] h_i ) (+ h_i when the irreps match)
+
+with Y the real spherical harmonics up to ``l_max`` (e3nn "component" normalisation),
+R an MLP of the Bessel basis giving one weight per tensor-product path and channel, u the
+polynomial cutoff envelope (radial.py) and W_sc a species-indexed linear map.
+
+dtype: the compute dtype follows ``positions``; parameters are created in float32 (also
+under x64) and promoted where they meet the float64 activations.
+
+Edge vectors follow the Graph convention r_ij = R[j] - R[i] + shifts_ij @ cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import e3nn_jax as e3nn
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from polmp.geometry.graph import Graph, edge_vectors
+from polmp.models.config import ModelConfig
+from polmp.models.radial import radial_embedding
+
+
+def _normal_f32():
+    """Initializer N(0, 1) in float32 whatever dtype the caller asks for."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del dtype  # parameters are always stored in float32
+        return jax.random.normal(key, shape, jnp.float32)
+
+    return init
+
+
+def linear(irreps_out, **kwargs) -> e3nn.flax.Linear:
+    """e3nn equivariant linear map with float32 parameters.
+
+    "path" gradient normalisation puts the 1/sqrt(fan-in) factor in the forward pass, so
+    N(0, 1) float32 weights are correctly scaled; ``force_irreps_out`` keeps outputs the
+    input cannot reach (as zeros) so that shapes never depend on the input irreps.
+    """
+    return e3nn.flax.Linear(
+        irreps_out,
+        gradient_normalization="path",
+        parameter_initializer=_normal_f32,
+        force_irreps_out=True,
+        **kwargs,
+    )
+
+
+def hidden_irreps(num_channels: int, l_max: int) -> e3nn.Irreps:
+    """Irreps of the hidden features: ``C x 0e + C x 1o + C x 2e + ...`` up to l_max."""
+    return e3nn.Irreps(
+        [(num_channels, (l, (-1) ** l)) for l in range(l_max + 1)]
+    ).simplify()
+
+
+def species_index_table(species: Sequence[int]) -> np.ndarray:
+    """Host lookup table atomic number -> model species index (0 = padding/unknown).
+
+    Args:
+        species: atomic numbers known to the model, in config order.
+
+    Returns:
+        Int array of shape (max(species)+1,): ``table[Z] = k + 1`` for ``species[k] == Z``,
+        0 elsewhere.
+    """
+    table = np.zeros(max(species) + 1, dtype=np.int32)
+    for k, z in enumerate(species):
+        table[z] = k + 1
+    return table
+
+
+def species_to_index(species: jax.Array, species_list: Sequence[int]) -> jax.Array:
+    """Map atomic numbers to indices 1..S (config order); padding and unknown -> 0.
+
+    Args:
+        species: Int[Array, 'N'] atomic numbers (0 = padding).
+        species_list: the model's atomic numbers.
+
+    Returns:
+        Int[Array, 'N'] int32 indices into per-species parameters.
+    """
+    table = jnp.asarray(species_index_table(species_list))
+    # mode="fill" maps atomic numbers beyond the table to 0 instead of clamping them
+    # onto the last real species.
+    return jnp.take(table, species, mode="fill", fill_value=0)
+
+
+def safe_edge_lengths(vectors: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Lengths and unit vectors of edges, finite to second order at padded (zero) edges.
+
+    Double-where: the masked squared length is replaced by 1 *before* the sqrt, and the
+    results are zeroed afterwards, so value, gradient and Hessian stay finite.
+    # TODO: switch to polmp.geometry.safe.safe_norm once it is merged.
+
+    Args:
+        vectors: Float[Array, 'E 3'], A.
+        mask: Bool[Array, 'E'], real edges.
+
+    Returns:
+        ``(r, unit)``: Float[Array, 'E'] A (0 for masked edges) and Float[Array, 'E 3']
+        (0 for masked edges).
+    """
+    r2 = jnp.sum(vectors * vectors, axis=-1)
+    ok = mask & (r2 > 0)
+    r = jnp.sqrt(jnp.where(ok, r2, jnp.ones_like(r2)))
+    unit = jnp.where(ok[:, None], vectors / r[:, None], jnp.zeros_like(vectors))
+    return jnp.where(ok, r, jnp.zeros_like(r)), unit
+
+
+class MLP(nn.Module):
+    """Plain MLP (SiLU) on scalars with float32 parameters.
+
+    Attributes:
+        features: widths of all layers, the last one being the output width.
+        use_bias: whether the dense layers have biases.
+        activate_last: apply SiLU after the last layer too.
+    """
+
+    features: tuple[int, ...]
+    use_bias: bool = True
+    activate_last: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Args: x (..., F_in).  Returns: (..., features[-1]) in x's dtype."""
+        for k, width in enumerate(self.features):
+            x = nn.Dense(width, use_bias=self.use_bias, param_dtype=jnp.float32)(x)
+            if k < len(self.features) - 1 or self.activate_last:
+                x = jax.nn.silu(x)
+        return x
+
+
+class SpeciesEmbedding(nn.Module):
+    """Learned scalar features per species; index 0 (padding) gives exactly zero.
+
+    Attributes:
+        num_species: number of real species S (indices 1..S).
+        num_channels: C.
+    """
+
+    num_species: int
+    num_channels: int
+
+    @nn.compact
+    def __call__(self, index: jax.Array, dtype) -> e3nn.IrrepsArray:
+        """Args: index Int[Array, 'N'] in 0..S; dtype of the output.
+
+        Returns: IrrepsArray (N, C) with irreps ``C x 0e``.
+        """
+        table = self.param(
+            "embedding",
+            nn.initializers.normal(stddev=1.0),
+            (self.num_species + 1, self.num_channels),
+            jnp.float32,
+        )
+        h = table.astype(dtype)[index]  # (N, C)
+        h = jnp.where((index > 0)[:, None], h, jnp.zeros_like(h))
+        return e3nn.IrrepsArray(f"{self.num_channels}x0e", h)
+
+
+class Interaction(nn.Module):
+    """One NequIP-style interaction layer on a padded edge list (module docstring).
+
+    Attributes:
+        irreps_out: irreps of the output features (before the gate picks its scalars).
+        num_species: S, for the species-indexed self-connection.
+        radial_mlp: hidden widths of the radial MLP.
+        avg_num_neighbors: message normalisation.
+    """
+
+    irreps_out: e3nn.Irreps
+    num_species: int
+    radial_mlp: tuple[int, ...]
+    avg_num_neighbors: float
+
+    @nn.compact
+    def __call__(
+        self,
+        h: e3nn.IrrepsArray,
+        index: jax.Array,
+        sh: e3nn.IrrepsArray,
+        basis: jax.Array,
+        edge_weight: jax.Array,
+        idx_i: jax.Array,
+        idx_j: jax.Array,
+        atom_mask: jax.Array,
+    ) -> e3nn.IrrepsArray:
+        """Apply the layer.
+
+        Args:
+            h: IrrepsArray (N, irreps_in.dim), node features.
+            index: Int[Array, 'N'] species index (0 = padding).
+            sh: IrrepsArray (E, sh.dim), spherical harmonics of the edge unit vectors.
+            basis: Float[Array, 'E B'], Bessel basis of the edge lengths.
+            edge_weight: Float[Array, 'E'], envelope u(r) times edge_mask.
+            idx_i, idx_j: Int[Array, 'E'], centre and neighbour.
+            atom_mask: Bool[Array, 'N'].
+
+        Returns:
+            IrrepsArray (N, irreps_out.dim), zero on padding atoms.
+        """
+        num_atoms = h.shape[0]
+        irreps_out = e3nn.Irreps(self.irreps_out)
+        scalars_out = irreps_out.filter(keep=["0e"])
+        nonscalars = irreps_out.filter(drop=["0e", "0o"])
+        # Gate input: output scalars, one extra gate scalar per non-scalar irrep, then
+        # the non-scalars (e3nn.gate takes the *last* scalars as gates).
+        irreps_gate_in = (
+            scalars_out + e3nn.Irreps(f"{nonscalars.num_irreps}x0e") + nonscalars
+        )
+
+        h_self = linear(h.irreps)(h)
+        # Message: tensor product of neighbour features with Y, restricted to outputs
+        # the gate input can use.
+        messages = e3nn.tensor_product(
+            h_self[idx_j], sh, filter_ir_out=irreps_gate_in
+        )  # (E, tp.dim)
+        weights = MLP((*self.radial_mlp, messages.irreps.num_irreps), use_bias=False)(
+            basis
+        )  # (E, num_irreps)
+        # u(r) * edge_mask zeroes messages beyond r_c and on padded edges.
+        weights = weights * edge_weight[:, None]
+        messages = messages * weights
+        assert messages.shape[0] == idx_i.shape[0]
+        aggregated = e3nn.scatter_sum(messages, dst=idx_i, output_size=num_atoms)
+        aggregated = aggregated / self.avg_num_neighbors  # (N, tp.dim)
+
+        update = linear(irreps_gate_in)(aggregated)
+        self_connection = linear(
+            irreps_gate_in, num_indexed_weights=self.num_species + 1
+        )(index, h)
+        out = e3nn.gate(update + self_connection)  # (N, irreps_out.dim)
+        out = out.rechunk(irreps_out) if out.irreps != irreps_out else out
+        if h.irreps == out.irreps:
+            out = out + h
+        return out * atom_mask[:, None].astype(out.dtype)
+
+
+class Backbone(nn.Module):
+    """Species embedding followed by ``num_layers`` interaction layers.
+
+    Attributes:
+        config: the model configuration (cutoff, l_max, channels, layers, radial MLP).
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self, graph: Graph, positions: jax.Array | None = None, cell=None
+    ) -> e3nn.IrrepsArray:
+        """Per-atom equivariant features.
+
+        Args:
+            graph: padded Graph.
+            positions: Float[Array, 'N 3'], A; defaults to ``graph.positions`` (pass it
+                to differentiate).
+            cell: Float[Array, 'G 3 3'], A; defaults to ``graph.cell``.
+
+        Returns:
+            IrrepsArray (N, hidden_irreps.dim), dtype of positions; zero on padding atoms.
+        """
+        cfg = self.config
+        positions = graph.positions if positions is None else positions
+        cell = graph.cell if cell is None else cell
+        dtype = positions.dtype
+        cell = cell.astype(dtype)
+
+        index = species_to_index(graph.species, cfg.species)
+        index = jnp.where(graph.atom_mask, index, 0)
+        vectors = edge_vectors(graph, positions, cell)  # (E, 3)
+        r, unit = safe_edge_lengths(vectors, graph.edge_mask)
+        basis, envelope = radial_embedding(r, cfg.cutoff_A, cfg.num_basis, cfg.envelope_p)
+        edge_weight = jnp.where(graph.edge_mask, envelope, jnp.zeros_like(envelope))
+        # normalize=False on a unit vector: same values as normalised SH, but no
+        # division by |r| inside e3nn (the zero-length padded edges stay finite).
+        sh = e3nn.spherical_harmonics(
+            e3nn.Irreps.spherical_harmonics(cfg.l_max), unit, normalize=False
+        )  # (E, (l_max+1)^2)
+
+        h = SpeciesEmbedding(cfg.num_species, cfg.num_channels)(index, dtype)
+        irreps = hidden_irreps(cfg.num_channels, cfg.l_max)
+        for _ in range(cfg.num_layers):
+            h = Interaction(
+                irreps,
+                cfg.num_species,
+                cfg.radial_mlp,
+                cfg.avg_num_neighbors,
+            )(h, index, sh, basis, edge_weight, graph.idx_i, graph.idx_j, graph.atom_mask)
+        return h
