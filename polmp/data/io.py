@@ -422,6 +422,7 @@ def read_frames(
     polarizability_key: KeySpec = _DEFAULT_POLARIZABILITY,
     bec_file_order: str = "displacement-major",
     units: Mapping[str, float] | None = None,
+    left_handed: str = "flip",
 ) -> list[Frame]:
     """Read labelled frames from extxyz, RuNNer or any format ASE reads (not jittable).
 
@@ -444,6 +445,11 @@ def read_frames(
         units: optional factors into internal units, applied after reading, keyed by
             ``positions`` (also scales the cell), ``energy``, ``forces``, ``stress``,
             ``dipole``, ``charges``, ``total_charge``, ``bec``, ``polarizability``.
+        left_handed: what to do with a cell whose det < 0 (two of the five MAPbI3
+            v-sim cells are): ``"flip"`` (default) negates every lattice vector, which
+            describes the same lattice with the same Cartesian positions and pbc axes
+            and makes det > 0 (``info["cell_negated"] = True`` records it);
+            ``"error"`` raises ValueError.
 
     Returns:
         list of ``Frame`` in eV, A, e: positions (N, 3) A, cell (3, 3) A or None,
@@ -459,6 +465,8 @@ def read_frames(
     path = _check_path(path)
     if bec_file_order not in _BEC_ORDERS:
         raise ValueError(f"bec_file_order must be one of {_BEC_ORDERS}, got {bec_file_order!r}")
+    if left_handed not in ("flip", "error"):
+        raise ValueError(f"left_handed must be 'flip' or 'error', got {left_handed!r}")
     units = dict(units or {})
     allowed_units = {"positions", "energy", "forces", "stress", "dipole", "charges",
                      "total_charge", "bec", "polarizability"}
@@ -497,7 +505,9 @@ def read_frames(
     }
     frames, found = [], []
     for k, atoms in enumerate(images):
-        frame, has = _atoms_to_frame(atoms, specs, bec_file_order, f"{path}: frame {k}")
+        frame, has = _atoms_to_frame(
+            atoms, specs, bec_file_order, left_handed, f"{path}: frame {k}"
+        )
         if units:
             frame = _scale(frame, units)
         frames.append(frame)
@@ -506,7 +516,9 @@ def read_frames(
     return frames
 
 
-def _atoms_to_frame(atoms, specs: dict, bec_file_order: str, where: str) -> tuple[Frame, dict]:
+def _atoms_to_frame(
+    atoms, specs: dict, bec_file_order: str, left_handed: str, where: str
+) -> tuple[Frame, dict]:
     """Convert one ase.Atoms into a Frame; ``has`` records which labels were found."""
     n = len(atoms)
     positions = validate_positions(
@@ -514,10 +526,14 @@ def _atoms_to_frame(atoms, specs: dict, bec_file_order: str, where: str) -> tupl
     )
     numbers = np.array(atoms.numbers, dtype=np.int64)
     pbc = np.array(atoms.pbc, dtype=bool)
-    cell = None
+    cell, negated = None, False
     if pbc.any():
+        cell = np.array(atoms.cell[:], dtype=np.float64)
+        if left_handed == "flip" and np.linalg.det(cell) < 0:
+            # -M spans the same lattice (a_i and -a_i are both lattice vectors).
+            cell, negated = -cell, True
         try:
-            cell = validate_cell(np.array(atoms.cell[:], dtype=np.float64))
+            cell = validate_cell(cell)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from err
 
@@ -615,6 +631,8 @@ def _atoms_to_frame(atoms, specs: dict, bec_file_order: str, where: str) -> tupl
     if extra:
         info.setdefault("arrays", {}).update(extra)
 
+    if negated:
+        info["cell_negated"] = True
     frame = Frame(
         positions=positions,
         numbers=numbers,
