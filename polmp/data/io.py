@@ -13,33 +13,36 @@ Writer:
       every label (floats written with ``repr``, so the round trip is exact).
 
 Where labels are looked up (extxyz via ASE): ASE moves header ``energy``/``stress``/
-``dipole`` and ``forces``/``charges`` columns into ``atoms.calc.results``; everything else
-stays in ``atoms.info`` (header) or ``atoms.arrays`` (columns).  For each label a *key
-spec* says where to look: a key name, a sequence of names tried in order (the first one
-present wins), a callable ``f(atoms) -> value or None`` (e.g. to add two header
-entries), or ``None`` to ignore that label.  The defaults list common label names
-(``energy``, ``REF_energy``, ``DFT_energy`` ...) and never a model prediction: keys that
-start with a prediction prefix (``MACE_``, ``NequIP_``, ``Allegro_``, ``pred_``, ...) are
-refused even when asked for explicitly, so a column such as ``MACE_forces`` can never
-become a label; it is kept, untouched, in ``frame.info`` (header entries) or
-``frame.info["arrays"]`` (per-atom columns).
+``dipole`` and ``forces``/``charges`` columns into ``atoms.calc.results``; everything
+else stays in ``atoms.info`` (header) or ``atoms.arrays`` (columns).  For each label a
+*key spec* says where to look: a key name, a sequence of names tried in order (the
+first one present wins), a callable ``f(atoms) -> value or None`` (e.g. to add two
+header entries), or ``None`` to ignore that label.  The defaults list common label
+names (``energy``, ``REF_energy``, ``DFT_energy`` ...) and never a model prediction:
+keys that start with a prediction prefix (``MACE_``, ``NequIP_``, ``Allegro_``,
+``pred_``, ...) are refused even when asked for explicitly, so a column such as
+``MACE_forces`` can never become a label; it is kept, untouched, in ``frame.info``
+(header entries) or ``frame.info["arrays"]`` (per-atom columns).
 
 Conventions of the labels:
-    * stress (3, 3) eV/A^3 in ASE's sign (positive = tensile); files may give the 6 Voigt
-      numbers (xx yy zz yz xz xy), 9 numbers or a 3x3 matrix.  A ``virial`` W (eV) is
-      accepted when no stress is present: stress = -W / V.
-    * Born effective charges: ``frame.bec[i, a, b] = Z*_{i,ab} = dP_a / dr_{i,b}`` (a is
-      the polarization component, b the displacement direction).  The les_fit files
-      (``lesfit_spice_bec``, ``lesfit_spice_dipep_dipolar``) store the 9 numbers per atom
-      *displacement-major*: number ``3 b + a`` is dP_a/dr_{i,b}.  This was established
-      from the data, not assumed: only that reading satisfies the rotational sum rule of
-      an isolated molecule, sum_i Z*_{i,ab} (w x r_i)_b = (w x P)_a, with the file's
-      dipole (median relative residual ~1e-3 against ~1 for the other order); the acoustic
-      sum rule sum_i Z*_i = Q I holds for both orders and cannot tell them apart.
-      ``bec_file_order="polarization-major"`` reads files that store ``3 a + b``.
-    * polarizability (3, 3) A^3 from 9 numbers in row-major order (or 6 Voigt numbers).
+    * stress (3, 3) eV/A^3 in ASE's sign (positive = tensile); files may give the 6
+      Voigt numbers (xx yy zz yz xz xy), 9 numbers or a 3x3 matrix.  A ``virial`` W
+      (eV) is accepted when no stress is present: stress = -W / V.
+    * Born effective charges: ``frame.bec[i, a, b] = Z*_{i,ab} = dP_a / dr_{i,b}``
+      (a is the polarization component, b the displacement direction).  The les_fit
+      files (``lesfit_spice_bec``, ``lesfit_spice_dipep_dipolar``) store the 9 numbers
+      per atom *displacement-major*: number ``3 b + a`` is dP_a/dr_{i,b}.  This was
+      established from the data, not assumed: only that reading satisfies the
+      rotational sum rule of an isolated molecule,
+      sum_i Z*_{i,ab} (w x r_i)_b = (w x P)_a, with the file's dipole in e*A (median
+      relative residual 1e-3 to 3e-2 per file, against 0.13 to 1.5 for the other
+      order); the acoustic sum rule sum_i Z*_i = Q I holds for both orders and cannot
+      tell them apart.  ``bec_file_order="polarization-major"`` reads files that
+      store ``3 a + b``.
+    * polarizability (3, 3) A^3 from 9 numbers, row-major (or 6 Voigt numbers).
     * per-frame ``total_charge`` in e; 0 when the file does not give one.
-    * ``pbc`` comes from the file; a frame with no periodic direction gets ``cell=None``.
+    * ``pbc`` comes from the file; a frame with no periodic direction has
+      ``cell=None``.  A left-handed cell is negated by default (same lattice).
 
 Units of the files: extxyz and ASE formats are assumed to be in eV, A, e already
 (ASE converts the formats it knows, e.g. vasprun.xml).  ``units={"dipole": BOHR}``
@@ -53,7 +56,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -69,10 +72,10 @@ __all__ = [
     "write_extxyz",
 ]
 
-#: A key spec: one key, keys tried in order, a callable ``f(atoms) -> value | None``, or None.
-KeySpec = Union[str, Sequence[str], Callable[[Any], Any], None]
+#: A key spec: a key, keys tried in order, a callable ``f(atoms) -> value``, or None.
+KeySpec = str | Sequence[str] | Callable[[Any], Any] | None
 
-#: Label names accepted by ``require`` (``Frame`` fields that a file may or may not give).
+#: Label names accepted by ``require`` (``Frame`` fields a file may or may not give).
 LABELS = (
     "energy",
     "forces",
@@ -152,7 +155,9 @@ def _as_3x3(value, name: str) -> np.ndarray:
         return arr.reshape(3, 3)
     if arr.size == 6:
         return voigt_to_matrix(arr)
-    raise ValueError(f"{name} must have 9 (3x3) or 6 (Voigt) entries, got shape {arr.shape}")
+    raise ValueError(
+        f"{name} must have 9 (3x3) or 6 (Voigt) entries, got shape {arr.shape}"
+    )
 
 
 def _is_prediction_key(key: str) -> bool:
@@ -168,8 +173,8 @@ def _normalize_spec(spec: KeySpec, name: str) -> tuple[str, ...] | Callable | No
             raise TypeError(f"{name}: keys must be strings, got {key!r}")
         if _is_prediction_key(key):
             raise ValueError(
-                f"{name}={key!r} names a model prediction (prefix in PREDICTION_PREFIXES), "
-                "not a reference label"
+                f"{name}={key!r} names a model prediction (prefix in "
+                "PREDICTION_PREFIXES), not a reference label"
             )
     return keys
 
@@ -206,14 +211,20 @@ def _check_require(frames: Sequence[Frame], require: Sequence[str], found, where
     require = (require,) if isinstance(require, str) else tuple(require)
     unknown = [r for r in require if r not in LABELS]
     if unknown:
-        raise ValueError(f"unknown label(s) in require: {unknown}; choose from {LABELS}")
+        raise ValueError(
+            f"unknown label(s) in require: {unknown}; choose from {LABELS}"
+        )
     for k, frame in enumerate(frames):
         for label in require:
-            present = found[k].get(label, False) if found is not None else (
-                label == "total_charge" or getattr(frame, label) is not None
+            present = (
+                found[k].get(label, False)
+                if found is not None
+                else (label == "total_charge" or getattr(frame, label) is not None)
             )
             if not present:
-                raise ValueError(f"{where}: frame {k} has no {label!r} label (required)")
+                raise ValueError(
+                    f"{where}: frame {k} has no {label!r} label (required)"
+                )
 
 
 def _check_path(path) -> str:
@@ -323,8 +334,10 @@ def _read_runner(path) -> tuple[list[Frame], list[dict]]:
             try:
                 if key == "comment":
                     text = line.strip()[len("comment") :].strip()
-                    current["comment"] = text if current["comment"] is None else (
-                        current["comment"] + "\n" + text
+                    current["comment"] = (
+                        text
+                        if current["comment"] is None
+                        else (current["comment"] + "\n" + text)
                     )
                 elif key == "lattice":
                     if len(tokens) != 4:
@@ -332,7 +345,10 @@ def _read_runner(path) -> tuple[list[Frame], list[dict]]:
                     current["lattice"].append([float(t) for t in tokens[1:4]])
                 elif key == "atom":
                     if len(tokens) != 10:
-                        fail(lineno, f"atom line needs 9 fields after 'atom', got {len(tokens) - 1}")
+                        fail(
+                            lineno,
+                            f"atom line needs 9 fields, got {len(tokens) - 1}",
+                        )
                     element = tokens[4]
                     if element not in atomic_numbers:
                         fail(lineno, f"unknown element {element!r}")
@@ -354,7 +370,9 @@ def _read_runner(path) -> tuple[list[Frame], list[dict]]:
                     raise
                 fail(lineno, f"cannot parse {line.strip()!r} ({err})")
     if current is not None:
-        raise ValueError(f"{path}: frame starting at line {current['start']} has no 'end'")
+        raise ValueError(
+            f"{path}: frame starting at line {current['start']} has no 'end'"
+        )
     return frames, found
 
 
@@ -363,7 +381,9 @@ def _runner_frame(block: dict, path: str, lineno: int, fail) -> tuple[Frame, dic
         fail(lineno, "frame without atoms")
     numbers = np.array([z for z, _ in block["atoms"]], dtype=np.int64)
     values = np.array([v for _, v in block["atoms"]], dtype=np.float64)  # (N, 8)
-    positions = validate_positions(values[:, 0:3] * BOHR, name=f"{path} frame positions")
+    positions = validate_positions(
+        values[:, 0:3] * BOHR, name=f"{path} frame positions"
+    )
     charges = values[:, 3]
     forces = values[:, 5:8] * (HARTREE / BOHR)
     _check_finite(forces, "forces", f"{path}:{lineno}")
@@ -402,7 +422,7 @@ def _runner_frame(block: dict, path: str, lineno: int, fail) -> tuple[Frame, dic
     return frame, has
 
 
-# --------------------------------------------------------------------------- ASE / extxyz
+# ------------------------------------------------------------------ ASE / extxyz
 
 
 def read_frames(
@@ -464,12 +484,23 @@ def read_frames(
     """
     path = _check_path(path)
     if bec_file_order not in _BEC_ORDERS:
-        raise ValueError(f"bec_file_order must be one of {_BEC_ORDERS}, got {bec_file_order!r}")
+        raise ValueError(
+            f"bec_file_order must be one of {_BEC_ORDERS}, got {bec_file_order!r}"
+        )
     if left_handed not in ("flip", "error"):
         raise ValueError(f"left_handed must be 'flip' or 'error', got {left_handed!r}")
     units = dict(units or {})
-    allowed_units = {"positions", "energy", "forces", "stress", "dipole", "charges",
-                     "total_charge", "bec", "polarizability"}
+    allowed_units = {
+        "positions",
+        "energy",
+        "forces",
+        "stress",
+        "dipole",
+        "charges",
+        "total_charge",
+        "bec",
+        "polarizability",
+    }
     if set(units) - allowed_units:
         raise ValueError(f"unknown units keys {sorted(set(units) - allowed_units)}")
 
@@ -488,7 +519,9 @@ def read_frames(
     try:
         images = ase.io.read(path, index=index, format=format)
     except UnknownFileTypeError as err:
-        raise ValueError(f"unknown or unsupported format {format!r} for {path}: {err}") from err
+        raise ValueError(
+            f"unknown or unsupported format {format!r} for {path}: {err}"
+        ) from err
     if not isinstance(images, list):
         images = [images]
 
@@ -551,7 +584,9 @@ def _atoms_to_frame(
     def per_frame(label, value, size):
         arr = np.asarray(value, dtype=np.float64)
         if arr.size != size:
-            raise ValueError(f"{where}: {label!r} has shape {arr.shape}, expected {size} numbers")
+            raise ValueError(
+                f"{where}: {label!r} has shape {arr.shape}, expected {size} numbers"
+            )
         _check_finite(arr, label, where)
         return arr
 
@@ -559,7 +594,8 @@ def _atoms_to_frame(
         arr = np.asarray(value, dtype=np.float64)
         if arr.size != n * width or (arr.ndim >= 1 and arr.shape[0] != n):
             raise ValueError(
-                f"{where}: {label!r} has shape {arr.shape}, expected ({n}, {width}) for {n} atoms"
+                f"{where}: {label!r} has shape {arr.shape}, "
+                f"expected ({n}, {width}) for {n} atoms"
             )
         _check_finite(arr, label, where)
         return arr.reshape((n, width) if width > 1 else (n,))
@@ -574,21 +610,29 @@ def _atoms_to_frame(
 
     stress = get("stress", scalar_stores)
     if stress is not None:
-        stress = _as_3x3(per_frame("stress", stress, np.size(stress)), f"{where}: stress")
+        stress = _as_3x3(
+            per_frame("stress", stress, np.size(stress)), f"{where}: stress"
+        )
     else:
         virial = get("virial", scalar_stores)
         if virial is not None:
             if cell is None:
-                raise ValueError(f"{where}: a virial needs a periodic cell to give a stress")
-            virial = _as_3x3(per_frame("virial", virial, np.size(virial)), f"{where}: virial")
+                raise ValueError(
+                    f"{where}: a virial needs a periodic cell to give a stress"
+                )
+            virial = _as_3x3(
+                per_frame("virial", virial, np.size(virial)), f"{where}: virial"
+            )
             stress = -virial / abs(float(np.linalg.det(cell)))
             has["stress"] = True
     has.setdefault("stress", stress is not None)
     has.pop("virial", None)
 
     total_charge = get("total_charge", scalar_stores)
-    total_charge = 0.0 if total_charge is None else float(
-        per_frame("total_charge", total_charge, 1).reshape(())
+    total_charge = (
+        0.0
+        if total_charge is None
+        else float(per_frame("total_charge", total_charge, 1).reshape(()))
     )
 
     dipole = get("dipole", scalar_stores)
@@ -619,7 +663,9 @@ def _atoms_to_frame(
         # Results not consumed as labels (free_energy, magmom, ...) are kept, not lost.
         if ("calc", key) in used:
             continue
-        if key in ("forces", "charges") or (np.ndim(value) >= 1 and np.shape(value)[0] == n):
+        if key in ("forces", "charges") or (
+            np.ndim(value) >= 1 and np.shape(value)[0] == n
+        ):
             info.setdefault("arrays", {})[key] = np.asarray(value)
         else:
             info[key] = value
@@ -663,7 +709,9 @@ def _scale(frame: Frame, units: Mapping[str, float]) -> Frame:
         value = getattr(frame, name)
         if value is not None:
             changes[name] = (
-                float(value) * factor if name in ("energy", "total_charge") else value * factor
+                float(value) * factor
+                if name in ("energy", "total_charge")
+                else value * factor
             )
     return dataclasses.replace(frame, **changes)
 
@@ -680,22 +728,33 @@ _RESERVED_HEADER = {
     "dipole",
     "polarizability",
 }
-_RESERVED_COLUMNS = {"species", "pos", "forces", "charges", "bec", "numbers", "positions"}
+_RESERVED_COLUMNS = {
+    "species",
+    "pos",
+    "forces",
+    "charges",
+    "bec",
+    "numbers",
+    "positions",
+}
 
 
 def _fmt(values) -> str:
     return " ".join(repr(float(v)) for v in np.ravel(values))
 
 
-def write_extxyz(path, frames: Sequence[Frame], *, bec_file_order: str = "displacement-major"):
-    """Write frames as extended XYZ that ``read_frames`` reads back exactly (not jittable).
+def write_extxyz(
+    path, frames: Sequence[Frame], *, bec_file_order: str = "displacement-major"
+):
+    """Write frames as extended XYZ that ``read_frames`` reads back (not jittable).
 
     Header: ``Lattice`` (periodic frames), ``Properties``, ``energy`` (eV), ``stress``
     (9 numbers, eV/A^3, ASE sign), ``total_charge`` (e), ``dipole`` (e*A),
     ``polarizability`` (9 numbers, A^3), the entries of ``frame.info`` and ``pbc``.
     Columns: species, pos (A), forces (eV/A), charges (e), bec (9 numbers, in
-    ``bec_file_order``, displacement-major by default as in les_fit files) and the arrays
-    of ``frame.info["arrays"]``.  Floats are written with ``repr`` (exact round trip).
+    ``bec_file_order``, displacement-major by default as in les_fit files) and the
+    arrays of ``frame.info["arrays"]``.  Floats are written with ``repr``, so the round
+    trip is exact.
 
     Args:
         path: output file name (overwritten).
@@ -709,13 +768,17 @@ def write_extxyz(path, frames: Sequence[Frame], *, bec_file_order: str = "displa
     from ase.io.extxyz import key_val_dict_to_str
 
     if bec_file_order not in _BEC_ORDERS:
-        raise ValueError(f"bec_file_order must be one of {_BEC_ORDERS}, got {bec_file_order!r}")
+        raise ValueError(
+            f"bec_file_order must be one of {_BEC_ORDERS}, got {bec_file_order!r}"
+        )
     lines: list[str] = []
     for k, frame in enumerate(frames):
         n = frame.num_atoms
         where = f"frame {k}"
         positions = validate_positions(frame.positions, name=f"{where}: positions")
-        columns = [("species", "S", 1, [chemical_symbols[int(z)] for z in frame.numbers])]
+        columns = [
+            ("species", "S", 1, [chemical_symbols[int(z)] for z in frame.numbers])
+        ]
         columns.append(("pos", "R", 3, positions))
         if frame.forces is not None:
             columns.append(("forces", "R", 3, np.asarray(frame.forces).reshape(n, 3)))
@@ -730,22 +793,32 @@ def write_extxyz(path, frames: Sequence[Frame], *, bec_file_order: str = "displa
         arrays = info.pop("arrays", {}) or {}
         for name, arr in arrays.items():
             if name in _RESERVED_COLUMNS:
-                raise ValueError(f"{where}: info['arrays'] key {name!r} collides with a column")
+                raise ValueError(
+                    f"{where}: info['arrays'] key {name!r} collides with a column"
+                )
             arr = np.asarray(arr)
             if arr.shape[0] != n:
-                raise ValueError(f"{where}: info['arrays'][{name!r}] has {arr.shape[0]} rows, expected {n}")
+                raise ValueError(
+                    f"{where}: info['arrays'][{name!r}] has {arr.shape[0]} rows, "
+                    f"expected {n}"
+                )
             kind = {"f": "R", "i": "I", "u": "I", "b": "L"}.get(arr.dtype.kind, "S")
             width = int(np.prod(arr.shape[1:], dtype=int)) if arr.ndim > 1 else 1
-            columns.append((name, kind, width, arr.reshape(n, width) if width > 1 else arr))
+            columns.append(
+                (name, kind, width, arr.reshape(n, width) if width > 1 else arr)
+            )
         clash = _RESERVED_HEADER.intersection(info)
         if clash:
-            raise ValueError(f"{where}: info keys {sorted(clash)} collide with label keys")
+            raise ValueError(
+                f"{where}: info keys {sorted(clash)} collide with label keys"
+            )
 
         header = []
         if frame.cell is not None:
             header.append(f'Lattice="{_fmt(frame.cell)}"')
         header.append(
-            "Properties=" + ":".join(f"{name}:{kind}:{width}" for name, kind, width, _ in columns)
+            "Properties="
+            + ":".join(f"{name}:{kind}:{width}" for name, kind, width, _ in columns)
         )
         if frame.energy is not None:
             header.append(f"energy={float(frame.energy)!r}")
@@ -756,7 +829,9 @@ def write_extxyz(path, frames: Sequence[Frame], *, bec_file_order: str = "displa
             header.append(f'dipole="{_fmt(np.asarray(frame.dipole).reshape(3))}"')
         if frame.polarizability is not None:
             header.append(
-                f'polarizability="{_fmt(_as_3x3(frame.polarizability, "polarizability"))}"'
+                'polarizability="'
+                + _fmt(_as_3x3(frame.polarizability, "polarizability"))
+                + '"'
             )
         if info:
             header.append(key_val_dict_to_str(info))
@@ -767,7 +842,7 @@ def write_extxyz(path, frames: Sequence[Frame], *, bec_file_order: str = "displa
         lines.append(" ".join(header))
         for i in range(n):
             row = []
-            for _, kind, width, data in columns:
+            for _, kind, _width, data in columns:
                 value = data[i]
                 if kind == "R":
                     row.append(_fmt(value))

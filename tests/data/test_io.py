@@ -1,4 +1,5 @@
-"""Readers and writer of labelled frames, checked on every structure folder of shared/data.
+"""Readers and writer of labelled frames, checked on every structure folder of the
+shared reference data.
 
 Counts asserted here were taken from the files themselves (``begin`` lines, header
 lines), and each test recounts them from the raw text where that is cheap, so a wrong
@@ -30,7 +31,7 @@ _EPS[0, 2, 1] = _EPS[2, 1, 0] = _EPS[1, 0, 2] = -1.0
 
 
 def _count_extxyz_frames(path) -> int:
-    """Frames in an extxyz file, counted from the raw text (one Properties= header each)."""
+    """Frames in an extxyz file, from the raw text (one Properties= header each)."""
     with open(path) as handle:
         return sum("Properties=" in line for line in handle)
 
@@ -58,7 +59,10 @@ def _nearest_oh(frame: Frame) -> np.ndarray:
     """Distance from every H to its nearest O, A (minimum image)."""
     o = np.flatnonzero(frame.numbers == 8)
     return np.array(
-        [_min_image_distances(frame, h, o).min() for h in np.flatnonzero(frame.numbers == 1)]
+        [
+            _min_image_distances(frame, h, o).min()
+            for h in np.flatnonzero(frame.numbers == 1)
+        ]
     )
 
 
@@ -68,13 +72,15 @@ def _assert_frames_equal(a: Frame, b: Frame, exact=True):
         assert (u is None) == (v is None), name
         if u is not None:
             if exact:
-                np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=name)
+                np.testing.assert_array_equal(
+                    np.asarray(u), np.asarray(v), err_msg=name
+                )
             else:
                 np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 def _rotational_residual(frame: Frame, bec: np.ndarray) -> float:
-    """Relative residual of sum_i Z*_{i,ab} (w x r_i)_b = (w x P)_a (isolated, neutral)."""
+    """Relative residual of sum_i Z*_{i,ab} (w x r_i)_b = (w x P)_a (neutral)."""
     lhs = np.einsum("iab,bcd,id->ac", bec, _EPS, frame.positions)
     rhs = np.einsum("acd,d->ac", _EPS, frame.dipole)
     return float(np.abs(lhs - rhs).max() / np.abs(rhs).max())
@@ -98,7 +104,9 @@ def test_lesfit_water_rpbe_d3():
     dist = _nearest_oh(frames[0])
     assert 0.9 < dist.min() and dist.max() < 1.15
     # Forces are eV/A as in the file: the first H row of the file.
-    np.testing.assert_allclose(frames[0].forces[0], [-0.87838526, 0.93070641, 0.79532978])
+    np.testing.assert_allclose(
+        frames[0].forces[0], [-0.87838526, 0.93070641, 0.79532978]
+    )
     assert frames[0].energy == -933.4166530484531
 
 
@@ -148,7 +156,9 @@ def test_runner_water_units(folder, frames_expected, sizes):
     first_energy = next(t for t in lines if t[0] == "energy")
     first_lattice = next(t for t in lines if t[0] == "lattice")
     f0 = frames[0]
-    np.testing.assert_allclose(f0.forces[0], np.array(first_atom[7:10], float) * HARTREE / BOHR)
+    np.testing.assert_allclose(
+        f0.forces[0], np.array(first_atom[7:10], float) * HARTREE / BOHR
+    )
     np.testing.assert_allclose(f0.positions[0], np.array(first_atom[1:4], float) * BOHR)
     assert f0.charges[0] == float(first_atom[5])
     assert f0.energy == pytest.approx(float(first_energy[1]) * HARTREE, rel=1e-14)
@@ -176,18 +186,24 @@ def test_runner_carbon_chain_total_charge():
         assert 1.15 < min(bonds) < 1.45  # C-C bonds in A, not Bohr
 
 
-@pytest.mark.parametrize("folder, count", [("AlAuMgO_4G_train", 18), ("AlAuMgO_4G_predict", 1)])
+@pytest.mark.parametrize(
+    "folder, count", [("AlAuMgO_4G_train", 18), ("AlAuMgO_4G_predict", 1)]
+)
 def test_runner_au2mgo_slab(folder, count):
     path = shared_path("n2p2_4g_examples", folder, "input.data")
     frames = read_runner(path)
     assert len(frames) == _count_runner(path)[0] == count
     for f in frames:
         assert f.num_atoms == 110 and f.pbc.all()
-        np.testing.assert_allclose(f.cell, np.diag([9.04743061, 9.04743061, 26.45886053]), atol=1e-7)
+        np.testing.assert_allclose(
+            f.cell, np.diag([9.04743061, 9.04743061, 26.45886053]), atol=1e-7
+        )
         counts = collections.Counter(f.numbers.tolist())
         assert counts[79] == 2 and counts[8] == 54 and counts[12] + counts[13] == 54
         assert f.total_charge == 0.0
-    assert collections.Counter(13 in f.numbers for f in frames)[True] == (10 if count == 18 else 1)
+    assert collections.Counter(13 in f.numbers for f in frames)[True] == (
+        10 if count == 18 else 1
+    )
 
 
 @pytest.mark.parametrize("name", ["1-doped", "1-undoped", "3-doped", "3-undoped"])
@@ -201,19 +217,26 @@ def test_au2mgo_xyz_and_runner_agree(name):
     np.testing.assert_array_equal(a.numbers, b.numbers)
     np.testing.assert_allclose(a.positions, b.positions, atol=1e-6)
     np.testing.assert_allclose(a.cell, b.cell, atol=1e-6)
-    # les_fit converted with CODATA 2018 (27.211386246 eV); ASE's HARTREE is CODATA 2014.
+    # les_fit used CODATA 2018 (27.211386246 eV); ASE's HARTREE is CODATA 2014.
     assert a.energy == pytest.approx(b.energy, rel=2e-8)
     np.testing.assert_allclose(a.forces, b.forces, atol=1e-6)
     np.testing.assert_allclose(a.charges, b.charges, atol=1e-8)
     assert (79 in a.numbers) and ((13 in a.numbers) == name.endswith("-doped"))
 
 
-# ----------------------------------------------------------------------------- SPICE / BEC
+# ----------------------------------------------------------------------- SPICE / BEC
 
-_SPICE_BEC = ("des370k_dimers", "des370k_monomers", "dipeptides", "pubchem", "qmugs",
-              "solvated_amino_acids", "water")  # fmt: skip
-_SPICE_COUNTS = {"des370k_dimers": 121, "des370k_monomers": 122, "dipeptides": 119,
-                 "pubchem": 114, "qmugs": 84, "solvated_amino_acids": 32, "water": 81}  # fmt: skip
+#: Frames per file, counted from the Properties= header lines.
+_SPICE_COUNTS = {
+    "des370k_dimers": 121,
+    "des370k_monomers": 122,
+    "dipeptides": 119,
+    "pubchem": 114,
+    "qmugs": 84,
+    "solvated_amino_acids": 32,
+    "water": 81,
+}
+_SPICE_BEC = tuple(_SPICE_COUNTS)
 
 
 @pytest.mark.parametrize("name", _SPICE_BEC)
@@ -250,20 +273,23 @@ def test_spice_bec_water_isotropic_signs_and_order_option():
     assert set(numbers.tolist()) == {1, 8}
     assert np.all(iso[numbers == 8] < 0) and np.all(iso[numbers == 1] > 0)
     # O about -2 x H: each molecule's isotropic charges sum to ~0.
-    assert np.mean(iso[numbers == 8]) == pytest.approx(-2 * np.mean(iso[numbers == 1]), rel=0.05)
+    assert np.mean(iso[numbers == 8]) == pytest.approx(
+        -2 * np.mean(iso[numbers == 1]), rel=0.05
+    )
     # A gas-phase water monomer: |mu| ~ 0.44 e*A (2.1 D).
     mono = next(f for f in frames if f.num_atoms == 3)
     assert 0.35 < np.linalg.norm(mono.dipole) < 0.5
     # The other file order gives the transpose.
     other = read_frames(path, index="0:5", bec_file_order="polarization-major")
-    for f, g in zip(frames[:5], other):
+    for f, g in zip(frames[:5], other, strict=True):
         np.testing.assert_array_equal(g.bec, f.bec.transpose(0, 2, 1))
 
 
 def test_prediction_keys_are_never_labels(tmp_path):
     path = tmp_path / "pred.xyz"
     path.write_text(
-        "2\nProperties=species:S:1:pos:R:3:MACE_forces:R:3 MACE_energy=-1.5 pbc=\"F F F\"\n"
+        "2\nProperties=species:S:1:pos:R:3:MACE_forces:R:3 "
+        'MACE_energy=-1.5 pbc="F F F"\n'
         "H 0 0 0 0.1 0.2 0.3\nH 0 0 0.74 -0.1 -0.2 -0.3\n"
     )
     (frame,) = read_frames(path)
@@ -277,7 +303,9 @@ def test_prediction_keys_are_never_labels(tmp_path):
         read_frames(path, forces_key=("forces", "MACE_forces"))
 
 
-@pytest.mark.parametrize("split, count, has_bec", [("train", 495, False), ("val", 55, True)])
+@pytest.mark.parametrize(
+    "split, count, has_bec", [("train", 495, False), ("val", 55, True)]
+)
 def test_spice_dipep_dipolar(split, count, has_bec):
     path = shared_path("lesfit_spice_dipep_dipolar", f"spice-dipep-dipolar_{split}.xyz")
     frames = read_frames(path, require=("energy", "forces", "dipole", "charges"))
@@ -309,7 +337,9 @@ def test_cacelr_lode_dimers_with_callable_total_charge():
 
     total, labels = 0, collections.Counter()
     for path in files:
-        frames = read_frames(path, total_charge_key=dimer_charge, require=("energy", "forces"))
+        frames = read_frames(
+            path, total_charge_key=dimer_charge, require=("energy", "forces")
+        )
         assert len(frames) == _count_extxyz_frames(path)
         total += len(frames)
         for f in frames:
@@ -350,25 +380,39 @@ def test_kapil_water_dipole_polarizability_and_dipole_unit():
     np.testing.assert_allclose(fitted, raw * BOHR)
 
 
-@pytest.mark.parametrize("phase", ["cubic", "tetragonal", "orthorhombic", "delta", "d-delta"])
+@pytest.mark.parametrize(
+    "phase", ["cubic", "tetragonal", "orthorhombic", "delta", "d-delta"]
+)
 def test_finkler_mapbi3_vsim(phase):
     path = shared_path("finkler_mapbi3_geometries", f"{phase}.ascii")
     (frame,) = read_frames(path, format="v-sim")
     # tetragonal.ascii and orthorhombic.ascii have left-handed cells: negated on read.
-    assert frame.info.get("cell_negated", False) == (phase in ("tetragonal", "orthorhombic"))
+    assert frame.info.get("cell_negated", False) == (
+        phase in ("tetragonal", "orthorhombic")
+    )
     if frame.info.get("cell_negated"):
         with pytest.raises(ValueError, match="left-handed"):
             read_frames(path, format="v-sim", left_handed="error")
     assert frame.num_atoms == 96 and frame.pbc.all() and frame.energy is None
-    assert collections.Counter(frame.numbers.tolist()) == {82: 8, 53: 24, 6: 8, 7: 8, 1: 48}
+    assert collections.Counter(frame.numbers.tolist()) == {
+        82: 8,
+        53: 24,
+        6: 8,
+        7: 8,
+        1: 48,
+    }
     # 8 formula units at ~250 A^3 each.
     assert 1900 < np.linalg.det(frame.cell) < 2100
     pb = np.flatnonzero(frame.numbers == 82)
     i = np.flatnonzero(frame.numbers == 53)
-    assert 2.9 < min(_min_image_distances(frame, p, i).min() for p in pb) < 3.4  # Pb-I, A
+    assert (
+        2.9 < min(_min_image_distances(frame, p, i).min() for p in pb) < 3.4
+    )  # Pb-I, A
 
 
-@pytest.mark.parametrize("material, natoms", [("NaCl", 8), ("MgO", 8), ("ZnO", 4), ("Al2O3", 30)])
+@pytest.mark.parametrize(
+    "material, natoms", [("NaCl", 8), ("MgO", 8), ("ZnO", 4), ("Al2O3", 30)]
+)
 def test_phonopy_poscar(material, natoms):
     path = shared_path("phonopy_born_nacl_mgo", material, "POSCAR-unitcell")
     (frame,) = read_frames(path, format="vasp")
@@ -380,11 +424,15 @@ def test_phonopy_poscar(material, natoms):
 @pytest.mark.parametrize("run", ["vasprun.xml-001", "vasprun.xml-002"])
 def test_phonopy_vasprun_nacl(run):
     path = shared_path("phonopy_born_nacl_mgo", "NaCl", run)
-    (frame,) = read_frames(path, format="vasp-xml", require=("energy", "forces", "stress"))
+    (frame,) = read_frames(
+        path, format="vasp-xml", require=("energy", "forces", "stress")
+    )
     assert frame.num_atoms == 64
     assert collections.Counter(frame.numbers.tolist()) == {11: 32, 17: 32}
     assert -3.45 < frame.energy / 64 < -3.35  # PAW, eV per atom
-    np.testing.assert_allclose(frame.forces.sum(0), 0.0, atol=1e-4)  # one displaced atom
+    np.testing.assert_allclose(
+        frame.forces.sum(0), 0.0, atol=1e-4
+    )  # one displaced atom
     assert 1e-3 < np.abs(frame.forces).max() < 0.1
     assert frame.stress.shape == (3, 3)
     np.testing.assert_allclose(frame.stress, frame.stress.T)
@@ -393,7 +441,9 @@ def test_phonopy_vasprun_nacl(run):
 
 def test_torchpme_refs_stress_and_input_charges():
     path = shared_path("torchpme_electrostatics_refs", "coulomb_test_frames.xyz")
-    frames = read_frames(path, charges_key="initial_charges", require=("stress", "charges"))
+    frames = read_frames(
+        path, charges_key="initial_charges", require=("stress", "charges")
+    )
     assert len(frames) == 3
     first_header = open(path).read().splitlines()[1]
     stress9 = first_header.split('stress="')[1].split('"')[0].split()
@@ -405,7 +455,7 @@ def test_torchpme_refs_stress_and_input_charges():
     assert plain[0].charges is None and "initial_charges" in plain[0].info["arrays"]
 
 
-# ----------------------------------------------------------------------------- round trip
+# ------------------------------------------------------------------------ round trip
 
 
 @pytest.mark.parametrize(
@@ -425,7 +475,7 @@ def test_write_read_round_trip(tmp_path, folder, name, kwargs):
     write_extxyz(out, frames)
     again = read_frames(out)
     assert len(again) == len(frames)
-    for a, b in zip(frames, again):
+    for a, b in zip(frames, again, strict=True):
         _assert_frames_equal(a, b)
         extra = {k for k in a.info if k != "comment"}
         assert extra <= set(b.info)
@@ -450,7 +500,9 @@ def test_round_trip_all_labels_synthetic(tmp_path, rng):
         info={"config_type": "two words", "step": 3, "arrays": {"tag": np.arange(n)}},
     )
     path = tmp_path / "syn.xyz"
-    write_extxyz(path, [frame, dataclasses.replace(frame, cell=None, pbc=np.zeros(3, bool))])
+    write_extxyz(
+        path, [frame, dataclasses.replace(frame, cell=None, pbc=np.zeros(3, bool))]
+    )
     a, b = read_frames(path)
     _assert_frames_equal(frame, a)
     assert a.info["config_type"] == "two words" and a.info["step"] == 3
@@ -478,7 +530,9 @@ def test_virial_and_voigt_stress(tmp_path):
     path = _xyz(tmp_path, f'{lattice} virial="{vstr}" pbc="T T T"', rows)
     (frame,) = read_frames(path, require=("stress",))
     np.testing.assert_allclose(frame.stress, -virial / 40.0)
-    voigt = _xyz(tmp_path, f'{lattice} REF_stress="1 2 3 4 5 6" pbc="T T T"', rows, "v.xyz")
+    voigt = _xyz(
+        tmp_path, f'{lattice} REF_stress="1 2 3 4 5 6" pbc="T T T"', rows, "v.xyz"
+    )
     (frame,) = read_frames(voigt)
     np.testing.assert_allclose(frame.stress, [[1, 6, 5], [6, 2, 4], [5, 4, 3]])
     bad = _xyz(tmp_path, f'{lattice} REF_stress="1 2 3 4" pbc="T T T"', rows, "b.xyz")
@@ -491,11 +545,13 @@ def test_clear_errors(tmp_path):
         read_frames(tmp_path / "missing.xyz")
     with pytest.raises(FileNotFoundError):
         read_runner(tmp_path / "missing.data")
-    ok = _xyz(tmp_path, 'Properties=species:S:1:pos:R:3 energy=1.0 pbc="F F F"', ["H 0 0 0"])
+    ok = _xyz(
+        tmp_path, 'Properties=species:S:1:pos:R:3 energy=1.0 pbc="F F F"', ["H 0 0 0"]
+    )
     with pytest.raises(ValueError, match="format"):
         read_frames(ok, format="no-such-format")
-    nan = _xyz(tmp_path, 'Properties=species:S:1:pos:R:3 pbc="F F F"', ["H 0 0 0", "H nan 0 1"],
-               "nan.xyz")  # fmt: skip
+    plain = 'Properties=species:S:1:pos:R:3 pbc="F F F"'
+    nan = _xyz(tmp_path, plain, ["H 0 0 0", "H nan 0 1"], "nan.xyz")
     with pytest.raises(ValueError, match="NaN"):
         read_frames(nan)
     bec8 = _xyz(tmp_path, 'Properties=species:S:1:pos:R:3:bec:R:8 pbc="F F F"',
@@ -506,8 +562,8 @@ def test_clear_errors(tmp_path):
                ["H 0 0 0"], "dip.xyz")  # fmt: skip
     with pytest.raises(ValueError, match="'dipole' has shape"):
         read_frames(dip)
-    left = _xyz(tmp_path, 'Lattice="4 0 0 0 -5 0 0 0 2" Properties=species:S:1:pos:R:3 pbc="T T T"',
-                ["H 0 0 0"], "left.xyz")  # fmt: skip
+    lhs = 'Lattice="4 0 0 0 -5 0 0 0 2" Properties=species:S:1:pos:R:3 pbc="T T T"'
+    left = _xyz(tmp_path, lhs, ["H 0 0 0"], "left.xyz")
     with pytest.raises(ValueError, match="left-handed"):
         read_frames(left, left_handed="error")
     (flipped,) = read_frames(left)  # default: the same lattice spanned by -a_i
@@ -518,7 +574,7 @@ def test_clear_errors(tmp_path):
     # A labelled frame followed by an unlabelled one: the error names frame 1.
     two = tmp_path / "two.xyz"
     two.write_text(
-        ok.read_text() + "1\nProperties=species:S:1:pos:R:3 pbc=\"F F F\"\nH 0 0 0\n"
+        ok.read_text() + '1\nProperties=species:S:1:pos:R:3 pbc="F F F"\nH 0 0 0\n'
     )
     assert len(read_frames(two)) == 2
     with pytest.raises(ValueError, match=r"frame 1 has no 'energy'"):
@@ -550,10 +606,14 @@ def test_runner_synthetic_and_errors(tmp_path):
     a, b = read_runner(path)
     np.testing.assert_allclose(a.positions[1], [1.8 * BOHR, 0, 0])
     np.testing.assert_allclose(a.cell, 10 * BOHR * np.eye(3))
-    np.testing.assert_allclose(a.forces[0], np.array([0.01, 0.02, 0.03]) * HARTREE / BOHR)
+    np.testing.assert_allclose(
+        a.forces[0], np.array([0.01, 0.02, 0.03]) * HARTREE / BOHR
+    )
     assert a.energy == pytest.approx(-76.4 * HARTREE) and a.info["comment"] == "test"
     np.testing.assert_allclose(a.charges, [-0.8, 0.4, 0.4])
-    assert b.cell is None and b.total_charge == 1.0 and b.charges is None  # all-zero column
+    assert (
+        b.cell is None and b.total_charge == 1.0 and b.charges is None
+    )  # all-zero column
     assert [f.num_atoms for f in read_frames(path, index="1:")] == [1]
     assert [f.num_atoms for f in read_frames(path, format="runner", index=-1)] == [1]
     with pytest.raises(ValueError, match=r"frame 1 has no 'charges'"):
