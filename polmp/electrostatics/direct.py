@@ -38,9 +38,13 @@ def _prepare_blocks(positions, atom_mask, chunk_size):
     num_blocks = math.ceil(n / chunk)
     if atom_mask is None:
         atom_mask = jnp.ones((n,), dtype=bool)
-    atom_mask = atom_mask.astype(bool)
+    atom_mask = jnp.asarray(atom_mask).astype(bool)
     rows = jnp.arange(num_blocks * chunk).reshape(num_blocks, chunk)
     return chunk, num_blocks, rows, atom_mask
+
+
+def _as_arrays(*xs):
+    return tuple(None if x is None else jnp.asarray(x) for x in xs)
 
 
 def _gather_rows(x, rows, n):
@@ -93,6 +97,7 @@ def direct_energy(
     Returns:
         Float[Array, ''], eV.
     """
+    positions, q, mu, theta = _as_arrays(positions, q, mu, theta)
     n = positions.shape[0]
     chunk, num_blocks, rows, atom_mask = _prepare_blocks(positions, atom_mask, chunk_size)
     max_l = kernels.required_order(mu, theta)
@@ -145,6 +150,7 @@ def direct_potential_field(
     Returns:
         ``(phi, field)``: Float[Array, 'N'] in V (eV/e) and Float[Array, 'N 3'] in V/A.
     """
+    positions, q, mu, theta = _as_arrays(positions, q, mu, theta)
     n = positions.shape[0]
     chunk, num_blocks, rows, atom_mask = _prepare_blocks(positions, atom_mask, chunk_size)
     max_l = kernels.required_order(mu, theta, field=True)
