@@ -116,7 +116,7 @@ def round_capacity(n: int, multiple: int = 8) -> int:
 
 
 def _frame_geometry(frame: Frame):
-    """(positions, numbers, cell, pbc) of a checked frame; identity cell if not periodic."""
+    """(positions, numbers, cell, pbc) of a checked frame (identity cell if free)."""
     positions = validate_positions(frame.positions).astype(np.float64)
     numbers = np.asarray(frame.numbers)
     if numbers.shape != (positions.shape[0],):
@@ -209,7 +209,9 @@ def frames_to_batch(
     Raises:
         ValueError: as ``frames_to_graph``, or labels of the wrong shape or not finite.
     """
-    (n_atoms, n_graphs), graph = _build(frames, cutoff, num_atoms, num_edges, num_graphs)
+    (n_atoms, n_graphs), graph = _build(
+        frames, cutoff, num_atoms, num_edges, num_graphs
+    )
     energy = np.zeros(n_graphs)
     stress = np.zeros((n_graphs, 3, 3))
     forces = np.zeros((n_atoms, 3))
@@ -226,7 +228,9 @@ def frames_to_batch(
             stress[g] = _finite(frame.stress, (3, 3), "stress", g)
             stress_mask[g] = True
         if frame.forces is not None:
-            forces[start : start + count] = _finite(frame.forces, (count, 3), "forces", g)
+            forces[start : start + count] = _finite(
+                frame.forces, (count, 3), "forces", g
+            )
             forces_mask[start : start + count] = True
         start += count
     real = jnp.result_type(float)
@@ -367,8 +371,12 @@ def plan_buckets(
     else:
         edges = np.asarray(edge_counts, dtype=np.int64)
         if edges.shape != atoms.shape:
-            raise ValueError(f"edge_counts has {edges.shape} entries, expected {atoms.shape}")
-    tie_break = rng.permutation(len(frames)) if rng is not None else np.arange(len(frames))
+            raise ValueError(
+                f"edge_counts has {edges.shape} entries, expected {atoms.shape}"
+            )
+    tie_break = (
+        rng.permutation(len(frames)) if rng is not None else np.arange(len(frames))
+    )
     order = np.lexsort((tie_break, edges, atoms))
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     need = np.array([(atoms[b].sum() + 1, max(edges[b].sum(), 1)) for b in batches])
@@ -389,7 +397,9 @@ def plan_buckets(
         for k in range(len(groups) - 1):
             (ca, ma), (cb, mb) = groups[k], groups[k + 1]
             merged = np.maximum(ca, cb)
-            extra = cost(merged, len(ma) + len(mb)) - cost(ca, len(ma)) - cost(cb, len(mb))
+            extra = (
+                cost(merged, len(ma) + len(mb)) - cost(ca, len(ma)) - cost(cb, len(mb))
+            )
             if best is None or extra < best:
                 best, best_k = extra, k
         (ca, ma), (cb, mb) = groups[best_k], groups[best_k + 1]

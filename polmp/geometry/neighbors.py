@@ -34,7 +34,7 @@ from polmp.geometry.cell import validate_cell, validate_positions
 
 
 def neighbor_pairs(positions, cell, pbc, cutoff):
-    """All pairs closer than ``cutoff`` (full list, integer image shifts).  Not jittable.
+    """All pairs closer than ``cutoff`` (full list, integer image shifts); not jittable.
 
     Args:
         positions: (N, 3) array, A.

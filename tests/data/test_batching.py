@@ -86,7 +86,9 @@ def _graph_energies(graph: Graph, positions):
 
 def _energies_and_forces(graph):
     def total(positions):
-        return jnp.sum(jnp.where(graph.graph_mask, _graph_energies(graph, positions), 0.0))
+        return jnp.sum(
+            jnp.where(graph.graph_mask, _graph_energies(graph, positions), 0.0)
+        )
 
     energies = _graph_energies(graph, graph.positions)
     forces = -jax.grad(total)(graph.positions)
@@ -98,7 +100,11 @@ def _numpy_energy(frame):
     i, j, S = neighbor_pairs(frame.positions, cell, frame.pbc, CUTOFF)
     lattice = frame.cell if frame.periodic else np.zeros((3, 3))
     r = np.linalg.norm(frame.positions[j] - frame.positions[i] + S @ lattice, axis=1)
-    phi = (D * (1 - np.exp(-A * (r - R0))) ** 2 - D) * 0.5 * (np.cos(np.pi * r / CUTOFF) + 1)
+    phi = (
+        (D * (1 - np.exp(-A * (r - R0))) ** 2 - D)
+        * 0.5
+        * (np.cos(np.pi * r / CUTOFF) + 1)
+    )
     return 0.5 * phi.sum()
 
 
@@ -109,7 +115,11 @@ def test_padding_is_invisible(x64, rng):
     n = sum(f.num_atoms for f in frames)
     assert minimal.num_atoms == n + 1 and minimal.num_graphs == len(frames) + 1
     heavy = frames_to_graph(
-        frames, CUTOFF, num_atoms=n + 37, num_edges=minimal.num_edges + 501, num_graphs=9
+        frames,
+        CUTOFF,
+        num_atoms=n + 37,
+        num_edges=minimal.num_edges + 501,
+        num_graphs=9,
     )
     e_min, f_min = _energies_and_forces(minimal)
     e_heavy, f_heavy = _energies_and_forces(heavy)
@@ -144,7 +154,9 @@ def test_padding_layout(x64, rng):
     np.testing.assert_array_equal(cell[0], np.eye(3))  # molecule: identity, no pbc
     assert not pbc[0].any()
     np.testing.assert_array_equal(pbc[1], [True, True, False])
-    np.testing.assert_array_equal(cell[len(frames) :], np.broadcast_to(np.eye(3), (3, 3, 3)))
+    np.testing.assert_array_equal(
+        cell[len(frames) :], np.broadcast_to(np.eye(3), (3, 3, 3))
+    )
     assert not pbc[len(frames) :].any()
     np.testing.assert_array_equal(np.asarray(g.graph_mask), np.arange(7) < len(frames))
     np.testing.assert_array_equal(np.asarray(g.total_charge), [0, 0, 0, 1, 0, 0, 0])
@@ -161,12 +173,20 @@ def test_water_graph_has_host_pairs(x64):
             np.asarray(g.idx_i)[mask].tolist(),
             np.asarray(g.idx_j)[mask].tolist(),
             map(tuple, np.asarray(g.shifts)[mask].tolist()),
+            strict=True,
         )
     )
     expected = set()
     for k, frame in enumerate(frames):
         i, j, S = neighbor_pairs(frame.positions, frame.cell, frame.pbc, 5.0)
-        expected |= set(zip((i + 192 * k).tolist(), (j + 192 * k).tolist(), map(tuple, S.tolist())))
+        expected |= set(
+            zip(
+                (i + 192 * k).tolist(),
+                (j + 192 * k).tolist(),
+                map(tuple, S.tolist()),
+                strict=True,
+            )
+        )
     assert got == expected and len(got) > 2 * 192 * 40
     assert g.positions.dtype == jnp.float64 and g.idx_i.dtype == jnp.int32
 
@@ -184,12 +204,18 @@ def test_batch_labels_and_masks(x64, rng):
         energy=-1.5,
         forces=np.ones((9, 3)),
     )
-    frames[3] = Frame(**{**frames[3].__dict__, "energy": 2.0, "stress": np.eye(3) * 0.01})
+    frames[3] = Frame(
+        **{**frames[3].__dict__, "energy": 2.0, "stress": np.eye(3) * 0.01}
+    )
     batch = frames_to_batch(frames, CUTOFF, num_graphs=6)
     assert isinstance(batch, Batch)
     np.testing.assert_array_equal(batch.energy, [-1.5, 0, 0, 2.0, 0, 0])
-    np.testing.assert_array_equal(batch.energy_mask, [True, False, False, True, False, False])
-    np.testing.assert_array_equal(batch.stress_mask, [False, False, False, True, False, False])
+    np.testing.assert_array_equal(
+        batch.energy_mask, [True, False, False, True, False, False]
+    )
+    np.testing.assert_array_equal(
+        batch.stress_mask, [False, False, False, True, False, False]
+    )
     np.testing.assert_allclose(batch.stress[3], np.eye(3) * 0.01)
     n = batch.graph.num_atoms
     np.testing.assert_array_equal(batch.forces_mask, np.arange(n) < 9)
@@ -198,7 +224,9 @@ def test_batch_labels_and_masks(x64, rng):
     out = jax.jit(lambda b: b)(batch)
     np.testing.assert_array_equal(out.energy, batch.energy)
     with pytest.raises(ValueError, match="forces"):
-        frames_to_batch([Frame(**{**frames[0].__dict__, "forces": np.ones((8, 3))})], CUTOFF)
+        frames_to_batch(
+            [Frame(**{**frames[0].__dict__, "forces": np.ones((8, 3))})], CUTOFF
+        )
 
 
 def test_bad_input(rng):
@@ -213,16 +241,28 @@ def test_bad_input(rng):
     with pytest.raises(ValueError, match="empty"):
         frames_to_graph([], CUTOFF)
     with pytest.raises(ValueError, match="reserved for padding"):
-        frames_to_graph([Frame(positions=np.zeros((1, 3)), numbers=np.array([0]))], CUTOFF)
+        frames_to_graph(
+            [Frame(positions=np.zeros((1, 3)), numbers=np.array([0]))], CUTOFF
+        )
     with pytest.raises(ValueError, match="NaN"):
-        frames_to_graph([Frame(positions=np.full((1, 3), np.nan), numbers=np.array([1]))], CUTOFF)
+        frames_to_graph(
+            [Frame(positions=np.full((1, 3), np.nan), numbers=np.array([1]))], CUTOFF
+        )
     with pytest.raises(ValueError, match="batch_size"):
         plan_buckets(frames, CUTOFF, 0)
 
 
 def test_round_capacity():
     assert [round_capacity(n) for n in (0, 1, 8, 9, 64, 65, 100, 129, 1000)] == [
-        8, 8, 8, 16, 64, 72, 104, 144, 1024,
+        8,
+        8,
+        8,
+        16,
+        64,
+        72,
+        104,
+        144,
+        1024,
     ]
     for n in range(1, 5000, 7):
         c = round_capacity(n)
@@ -232,7 +272,9 @@ def test_round_capacity():
 def _cluster(rng, size):
     # random non-overlapping-ish cluster at liquid-like density
     side = (size / 0.08) ** (1 / 3)
-    return Frame(positions=rng.uniform(size=(size, 3)) * side, numbers=np.ones(size, int))
+    return Frame(
+        positions=rng.uniform(size=(size, 3)) * side, numbers=np.ones(size, int)
+    )
 
 
 def test_plan_buckets_few_shapes_and_every_batch_fits(rng):
@@ -252,10 +294,19 @@ def test_plan_buckets_few_shapes_and_every_batch_fits(rng):
     assert padded < 1.6 * needed  # size-sorted batches keep the padding modest
     # the plans really build (spot check two shapes)
     for p in plans[:2]:
-        g = frames_to_graph([frames[k] for k in p.indices], CUTOFF, p.num_atoms, p.num_edges, p.num_graphs)
+        g = frames_to_graph(
+            [frames[k] for k in p.indices],
+            CUTOFF,
+            p.num_atoms,
+            p.num_edges,
+            p.num_graphs,
+        )
         assert (g.num_atoms, g.num_edges, g.num_graphs) == p.shape
     # without rng: deterministic; max_shapes respected when tighter
-    assert len({p.shape for p in plan_buckets(frames, CUTOFF, 4, 3, edge_counts=edges)}) <= 3
+    assert (
+        len({p.shape for p in plan_buckets(frames, CUTOFF, 4, 3, edge_counts=edges)})
+        <= 3
+    )
     assert plan_buckets(frames, CUTOFF, 4, edge_counts=edges) == plan_buckets(
         frames, CUTOFF, 4, edge_counts=edges
     )

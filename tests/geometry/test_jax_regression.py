@@ -38,7 +38,9 @@ def system():
     rng = np.random.default_rng(39103)
     length = (NUM_ATOMS / DENSITY) ** (1 / 3)
     # mildly triclinic, upper triangular in jax-md's column form
-    cell = np.array([[length, 0.0, 0.0], [0.1 * length, length, 0.0], [0.0, -0.05 * length, length]])
+    cell = np.array(
+        [[length, 0.0, 0.0], [0.1 * length, length, 0.0], [0.0, -0.05 * length, length]]
+    )
     fractional = rng.uniform(size=(NUM_ATOMS, 3))
     positions = fractional @ cell
     i, j, shifts = neighbor_pairs(positions, cell, True, CUTOFF)
@@ -55,7 +57,9 @@ def test_jit_vmap_large_axis_is_correct(x64, system):
         return jnp.linalg.norm(rj - ri + shift @ jnp.asarray(cell))
 
     r = jax.jit(jax.vmap(distance))(
-        jnp.asarray(positions[i]), jnp.asarray(positions[j]), jnp.asarray(shifts, jnp.float64)
+        jnp.asarray(positions[i]),
+        jnp.asarray(positions[j]),
+        jnp.asarray(shifts, jnp.float64),
     )
     np.testing.assert_allclose(np.asarray(r), r_ref, rtol=1e-12)
 
@@ -101,7 +105,9 @@ def test_polmp_device_list_matches_vesin(x64, system):
     cell, _, positions, (i, _, _, _), reference = system
     fns = neighbor_list(CUTOFF, cell)
     nbrs = fns.allocate(positions)
-    idx_i, idx_j, shifts, mask = neighbor_edges(nbrs, jnp.asarray(positions), jnp.asarray(cell))
+    idx_i, idx_j, shifts, mask = neighbor_edges(
+        nbrs, jnp.asarray(positions), jnp.asarray(cell)
+    )
     assert int(mask.sum()) == len(i)
     vectors = (
         jnp.asarray(positions)[jnp.minimum(idx_j, NUM_ATOMS - 1)]

@@ -1,4 +1,4 @@
-"""Host neighbour pairs against ASE, and the jax-md device list against the host list."""
+"""Host neighbour pairs against ASE; the jax-md device list against the host list."""
 
 from __future__ import annotations
 
@@ -30,12 +30,18 @@ def _host_pairs(atoms, cutoff):
     i, j, S = neighbor_pairs(atoms.positions, cell, atoms.pbc, cutoff)
     vectors = atoms.positions[j] - atoms.positions[i] + S @ atoms.cell.array
     d = np.linalg.norm(vectors, axis=1)
-    return {(a, b, tuple(s)): r for a, b, s, r in zip(i.tolist(), j.tolist(), S.tolist(), d)}
+    return {
+        (a, b, tuple(s)): r
+        for a, b, s, r in zip(i.tolist(), j.tolist(), S.tolist(), d, strict=True)
+    }
 
 
 def _ase_pairs(atoms, cutoff):
     i, j, S, d = ase_neighbor_list("ijSd", atoms, cutoff)
-    return {(a, b, tuple(s)): r for a, b, s, r in zip(i.tolist(), j.tolist(), S.tolist(), d)}
+    return {
+        (a, b, tuple(s)): r
+        for a, b, s, r in zip(i.tolist(), j.tolist(), S.tolist(), d, strict=True)
+    }
 
 
 def _assert_same_as_ase(atoms, cutoff):
@@ -95,7 +101,9 @@ def test_isolated_molecule_matches_ase():
 def test_small_triclinic_cell_lists_several_images():
     cell = np.array([[3.0, 0.0, 0.0], [1.1, 3.2, 0.0], [0.5, -0.7, 2.9]])
     rng = np.random.default_rng(1)
-    atoms = ase.Atoms("H3O", scaled_positions=rng.uniform(size=(4, 3)), cell=cell, pbc=True)
+    atoms = ase.Atoms(
+        "H3O", scaled_positions=rng.uniform(size=(4, 3)), cell=cell, pbc=True
+    )
     ours = _assert_same_as_ase(atoms, 5.0)  # cutoff > half (and > all) cell widths
     # an atom sees periodic images of itself, and of each partner several times
     assert any(i == j for i, j, _ in ours)
@@ -128,13 +136,18 @@ def test_host_bad_input(positions, cell, pbc, cutoff, match):
 def _edge_set(idx_i, idx_j, shifts, mask):
     idx_i, idx_j, shifts, mask = map(np.asarray, (idx_i, idx_j, shifts, mask))
     return set(
-        zip(idx_i[mask].tolist(), idx_j[mask].tolist(), map(tuple, shifts[mask].tolist()))
+        zip(
+            idx_i[mask].tolist(),
+            idx_j[mask].tolist(),
+            map(tuple, shifts[mask].tolist()),
+            strict=True,
+        )
     )
 
 
 def _host_set(positions, cell, pbc, cutoff):
     i, j, S = neighbor_pairs(positions, cell, pbc, cutoff)
-    return set(zip(i.tolist(), j.tolist(), map(tuple, S.tolist())))
+    return set(zip(i.tolist(), j.tolist(), map(tuple, S.tolist()), strict=True))
 
 
 TRICLINIC = np.array([[12.0, 0.0, 0.0], [2.0, 11.0, 0.0], [-1.5, 3.0, 13.0]])
@@ -146,14 +159,20 @@ def test_device_periodic_triclinic_matches_host(x64, rng):
     unwrapped = positions + rng.integers(-2, 3, size=(200, 3)) @ TRICLINIC
     fns = neighbor_list(4.0, TRICLINIC)
     nbrs = fns.allocate(unwrapped)
-    idx_i, idx_j, shifts, mask = neighbor_edges(nbrs, jnp.asarray(unwrapped), jnp.asarray(TRICLINIC))
+    idx_i, idx_j, shifts, mask = neighbor_edges(
+        nbrs, jnp.asarray(unwrapped), jnp.asarray(TRICLINIC)
+    )
     ours = _edge_set(idx_i, idx_j, shifts, mask)
     assert ours == _host_set(unwrapped, TRICLINIC, True, 4.0)
     # padded entries point at the padding atom N with zero shift
     assert np.all(np.asarray(idx_i)[~np.asarray(mask)] == 200)
     assert np.all(np.asarray(shifts)[~np.asarray(mask)] == 0)
     # edge vectors by the Graph rule equal jax-md's displacement(R_j, R_i)
-    vectors = unwrapped[idx_j[mask]] - unwrapped[idx_i[mask]] + np.asarray(shifts)[mask] @ TRICLINIC
+    vectors = (
+        unwrapped[idx_j[mask]]
+        - unwrapped[idx_i[mask]]
+        + np.asarray(shifts)[mask] @ TRICLINIC
+    )
     assert np.all(np.linalg.norm(vectors, axis=1) < 4.0)
 
 
@@ -166,8 +185,13 @@ def test_device_update_is_jittable_and_tracks_motion(x64, rng):
     assert not nbrs.did_buffer_overflow
     edges = neighbor_edges(nbrs, jnp.asarray(moved), jnp.asarray(TRICLINIC))
     ours = _edge_set(*edges)
-    # with a skin the list is a superset: everything within cutoff, nothing beyond cutoff + skin
-    assert _host_set(moved, TRICLINIC, True, 4.0) <= ours <= _host_set(moved, TRICLINIC, True, 4.5)
+    # with a skin the list is a superset: all pairs within cutoff, none beyond
+    # cutoff + skin
+    assert (
+        _host_set(moved, TRICLINIC, True, 4.0)
+        <= ours
+        <= _host_set(moved, TRICLINIC, True, 4.5)
+    )
 
 
 def test_device_free_space_matches_host(x64, rng):

@@ -1,4 +1,4 @@
-"""safe_norm / safe_divide: exact away from the singular point, finite to 2nd order at it."""
+"""safe_norm / safe_divide: exact away from 0, finite to second order at 0."""
 
 from __future__ import annotations
 
@@ -33,10 +33,14 @@ def test_safe_norm_exact_away_from_zero(x64, rng):
     assert safe_norm(x, keepdims=True).shape == (5, 1)
     assert safe_norm(x, axis=0).shape == (3,)
     v = x[0]
-    np.testing.assert_allclose(jax.grad(safe_norm)(v), v / np.linalg.norm(v), rtol=1e-14)
+    np.testing.assert_allclose(
+        jax.grad(safe_norm)(v), v / np.linalg.norm(v), rtol=1e-14
+    )
     r = np.linalg.norm(v)
     expected = (np.eye(3) - np.outer(v, v) / r**2) / r
-    np.testing.assert_allclose(jax.hessian(safe_norm)(v), expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        jax.hessian(safe_norm)(v), expected, rtol=1e-12, atol=1e-14
+    )
 
 
 def test_safe_norm_eps_threshold(x64):
@@ -54,7 +58,9 @@ def test_safe_norm_float32_dtype():
 def test_safe_divide():
     num, den = jnp.array([1.0, 2.0, 3.0]), jnp.array([2.0, 0.0, -1.0])
     np.testing.assert_array_equal(safe_divide(num, den), [0.5, 0.0, -3.0])
-    np.testing.assert_array_equal(safe_divide(num, den, fill_value=7.0), [0.5, 7.0, -3.0])
+    np.testing.assert_array_equal(
+        safe_divide(num, den, fill_value=7.0), [0.5, 7.0, -3.0]
+    )
     hess = jax.hessian(lambda d: jnp.sum(safe_divide(1.0, d)))(jnp.zeros(3))
     np.testing.assert_array_equal(hess, np.zeros((3, 3)))
     grad = jax.grad(lambda d: safe_divide(1.0, d))(2.0)
