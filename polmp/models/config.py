@@ -137,7 +137,13 @@ class ModelConfig:
             raise ValueError(f"variant {self.variant!r} needs l_max >= 1")
         if self.use_theta and self.l_max < 2:
             raise ValueError(f"variant {self.variant!r} (Theta) needs l_max >= 2")
-        for name in ("q_scale", "mu_scale", "theta_scale", "kappa_scale", "alpha_scale"):
+        for name in (
+            "q_scale",
+            "mu_scale",
+            "theta_scale",
+            "kappa_scale",
+            "alpha_scale",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if self.reference_energies_eV is not None and len(

@@ -5,12 +5,12 @@ per atom i (method.md section 1; units of the latents as there):
 
     q_i      (N, C_q)   0e      e          q_scale * W_q h_i
     mu_i     (N, 3)     1o      e*A        mu_scale * W_mu h_i          (polar vector)
-    Theta_i  (N, 3, 3)  2e      e*A^2      theta_scale * T(W_Theta h_i)  (sym. traceless)
+    Theta_i  (N, 3, 3)  2e      e*A^2      theta_scale * T(W_Theta h_i)  (traceless)
     kappa_i  (N,)       0e      e^2/eV     kappa_scale * softplus(W_k h_i + b)   (>= 0)
     alpha_i  (N,)       0e      e^2A^2/eV  alpha_scale * softplus(W_a h_i + b)   (>= 0)
           or (N, 3, 3)  0e+1o              alpha_scale * (a0 I + sum_c w_c v_c v_c^T)
                                              a0, w_c = softplus(.) >= 0  (PSD)
-    E_i      (N,)       0e      eV         energy_scale * MLP(scalars of h_i) + E_ref[Z_i]
+    E_i      (N,)       0e      eV         energy_scale * MLP(h_i 0e) + E_ref[Z_i]
 
 Every output is zero on padding atoms.  T is ``l2_to_symmetric_traceless``, the single
 place where an l = 2 irrep becomes a Cartesian tensor (style.md 3.3).
@@ -19,9 +19,9 @@ Conventions.
     * e3nn-jax orders the 1o components as (x, y, z), so D^1(R) = R and mu rotates as
       R mu; under inversion mu -> -mu.
     * Theta is the traceless primitive second moment of method.md eq. 2: it enters the
-      structure factor as -1/2 k^T Theta k, i.e. Theta_ab ~ sum q r_a r_b (traceless part),
-      with no factor 3/2 (Buckingham) and no 1/2.  The map T is an isometry between the
-      5 components and the Frobenius norm (||T(v)||_F = |v|), equivariant:
+      structure factor as -1/2 k^T Theta k, i.e. Theta_ab ~ sum q r_a r_b (traceless
+      part), with no factor 3/2 (Buckingham) and no 1/2.  The map T is an isometry
+      between the 5 components and the Frobenius norm (||T(v)||_F = |v|), equivariant:
       T(D^2(R) v) = R T(v) R^T, and T(v) is unchanged under inversion (2e is even).
 """
 
@@ -68,7 +68,7 @@ def l2_to_symmetric_traceless(x: jax.Array) -> jax.Array:
 
 
 def symmetric_traceless_to_l2(t: jax.Array) -> jax.Array:
-    """Inverse of ``l2_to_symmetric_traceless`` (projects out the symmetric traceless part).
+    """Inverse of ``l2_to_symmetric_traceless`` (symmetric traceless part).
 
     Args:
         t: Float[Array, '... 3 3'].
@@ -168,7 +168,7 @@ class LatentHeads(nn.Module):
         return AtomicOutputs(**out)
 
     def _alpha(self, h: e3nn.IrrepsArray) -> jax.Array:
-        """Unscaled polarizability: softplus(s) (N,) or a0 I + sum_c w_c v_c v_c^T (N,3,3)."""
+        """Unscaled alpha: softplus(s) (N,) or a0 I + sum_c w_c v_c v_c^T (N, 3, 3)."""
         cfg = self.config
         if cfg.alpha_kind == "isotropic":
             a = linear("1x0e", biases=True, name="alpha_iso")(h).array[:, 0]
@@ -192,7 +192,7 @@ def fit_reference_energies(species_counts, energies, *, rcond=None) -> np.ndarra
     returned, which still reproduces every energy of such data sets.
 
     Args:
-        species_counts: (F, S) array, number of atoms of species s in frame f (species in
+        species_counts: (F, S) array, number of atoms of species s in frame f (order of
             ``ModelConfig.species`` order).
         energies: (F,) array, eV, total energies.
         rcond: passed to ``numpy.linalg.lstsq``.
@@ -217,7 +217,7 @@ def fit_reference_energies(species_counts, energies, *, rcond=None) -> np.ndarra
 
 
 def count_species(species, atom_graph, num_graphs: int, species_list) -> np.ndarray:
-    """Per-graph species counts for ``fit_reference_energies``.  Host side, not jittable.
+    """Per-graph species counts (for ``fit_reference_energies``).  Not jittable.
 
     Args:
         species: (N,) atomic numbers (0 = padding, ignored).

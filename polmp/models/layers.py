@@ -1,10 +1,11 @@
 """Equivariant short-range backbone: species embedding and NequIP-style interactions.
 
-Contract.  ``Backbone(config)(graph, positions, cell)`` maps a padded ``Graph`` to per-atom
-features, an ``e3nn.IrrepsArray`` of shape (N, irreps.dim) with irreps
+Contract.  ``Backbone(config)(graph, positions, cell)`` maps a padded ``Graph`` to
+per-atom features, an ``e3nn.IrrepsArray`` of shape (N, irreps.dim) with irreps
 ``C x 0e + C x 1o + C x 2e + ...`` up to ``l_max`` (natural parity, (-1)^l), where
-C = ``config.num_channels``.  Padding atoms (species 0 / ``atom_mask`` False) get exactly
-zero features; padded edges (``edge_mask`` False, zero length) contribute nothing.
+C = ``config.num_channels``.  Padding atoms (species 0, ``atom_mask`` False) get
+exactly zero features; padded edges (``edge_mask`` False, zero length) contribute
+nothing.
 
 One interaction layer (Batzner et al., NequIP, Nat. Commun. 13, 2453 (2022)):
 
@@ -14,8 +15,8 @@ One interaction layer (Batzner et al., NequIP, Nat. Commun. 13, 2453 (2022)):
     h_i^{new}   = Gate( W_2 a_i + W_sc[species_i] h_i ) (+ h_i when the irreps match)
 
 with Y the real spherical harmonics up to ``l_max`` (e3nn "component" normalisation),
-R an MLP of the Bessel basis giving one weight per tensor-product path and channel, u the
-polynomial cutoff envelope (radial.py) and W_sc a species-indexed linear map.
+R an MLP of the Bessel basis giving one weight per tensor-product path and channel, u
+the polynomial cutoff envelope (radial.py) and W_sc a species-indexed linear map.
 
 dtype: the compute dtype follows ``positions``; parameters are created in float32 (also
 under x64) and promoted where they meet the float64 activations.
@@ -78,8 +79,8 @@ def species_index_table(species: Sequence[int]) -> np.ndarray:
         species: atomic numbers known to the model, in config order.
 
     Returns:
-        Int array of shape (max(species)+1,): ``table[Z] = k + 1`` for ``species[k] == Z``,
-        0 elsewhere.
+        Int array (max(species)+1,): ``table[Z] = k + 1`` if ``species[k] == Z``, 0
+        elsewhere.
     """
     table = np.zeros(max(species) + 1, dtype=np.int32)
     for k, z in enumerate(species):
@@ -103,7 +104,9 @@ def species_to_index(species: jax.Array, species_list: Sequence[int]) -> jax.Arr
     return jnp.take(table, species, mode="fill", fill_value=0)
 
 
-def safe_edge_lengths(vectors: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+def safe_edge_lengths(
+    vectors: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Lengths and unit vectors of edges, finite to second order at padded (zero) edges.
 
     Double-where: the masked squared length is replaced by 1 *before* the sqrt, and the
@@ -276,7 +279,7 @@ class Backbone(nn.Module):
             cell: Float[Array, 'G 3 3'], A; defaults to ``graph.cell``.
 
         Returns:
-            IrrepsArray (N, hidden_irreps.dim), dtype of positions; zero on padding atoms.
+            IrrepsArray (N, hidden_irreps.dim), positions' dtype; zero on padding atoms.
         """
         cfg = self.config
         positions = graph.positions if positions is None else positions
@@ -288,7 +291,9 @@ class Backbone(nn.Module):
         index = jnp.where(graph.atom_mask, index, 0)
         vectors = edge_vectors(graph, positions, cell)  # (E, 3)
         r, unit = safe_edge_lengths(vectors, graph.edge_mask)
-        basis, envelope = radial_embedding(r, cfg.cutoff_A, cfg.num_basis, cfg.envelope_p)
+        basis, envelope = radial_embedding(
+            r, cfg.cutoff_A, cfg.num_basis, cfg.envelope_p
+        )
         edge_weight = jnp.where(graph.edge_mask, envelope, jnp.zeros_like(envelope))
         # normalize=False on a unit vector: same values as normalised SH, but no
         # division by |r| inside e3nn (the zero-length padded edges stay finite).
@@ -304,5 +309,14 @@ class Backbone(nn.Module):
                 cfg.num_species,
                 cfg.radial_mlp,
                 cfg.avg_num_neighbors,
-            )(h, index, sh, basis, edge_weight, graph.idx_i, graph.idx_j, graph.atom_mask)
+            )(
+                h,
+                index,
+                sh,
+                basis,
+                edge_weight,
+                graph.idx_i,
+                graph.idx_j,
+                graph.atom_mask,
+            )
         return h

@@ -13,9 +13,9 @@ Initialise under jit (eager e3nn init is slow)::
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from polmp.geometry.graph import Graph
 from polmp.models.config import ModelConfig

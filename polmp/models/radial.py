@@ -13,9 +13,10 @@ derivatives (so energies, forces and force derivatives are continuous as a neigh
 crosses the cutoff); u = 0 for r >= r_c.  Reference: Gasteiger, Gross, Guennemann,
 DimeNet (ICLR 2020), eq. 8; Batzner et al., NequIP (Nat. Commun. 2022).
 
-Both functions are finite in value, gradient and Hessian at r = 0, the length of a padded
-edge: ``sin(n pi r / r_c) / r`` is evaluated as ``(n pi / r_c) * sinc(n r / r_c)`` whose
-derivatives at 0 are defined by ``jnp.sinc``'s own Maclaurin rule.
+Both functions are finite in value, gradient and Hessian at r = 0, the length of a
+padded edge: ``sin(n pi r / r_c) / r`` is evaluated as
+``(n pi / r_c) * sinc(n r / r_c)``, whose derivatives at 0 are defined by ``jnp.sinc``'s
+own Maclaurin rule.
 
 All functions are pure, jittable and follow the dtype of ``r``.
 """

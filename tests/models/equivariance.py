@@ -4,12 +4,12 @@
 
     fn(positions @ Q^T) == transform(fn(positions), Q)
 
-for a random rotation Q = R and a random rotation with inversion Q = -R, drawn in float64
-and re-orthonormalised (``e3nn.rand_matrix`` returns float32 even under x64, which limits
-checks to ~1e-7).  ``fn`` returns a dict name -> array; ``kinds`` says how each output
-transforms:
+for a random rotation Q = R and a random rotation with inversion Q = -R, drawn in
+float64 and re-orthonormalised (``e3nn.rand_matrix`` returns float32 even under x64,
+which limits checks to ~1e-7).  ``fn`` returns a dict name -> array; ``kinds`` says
+how each output transforms:
 
-    * an e3nn irreps string ("0e", "1o", "2e", "3x0e + 1o", ...): the last axis rotates by
+    * an e3nn irreps string ("0e", "1o", "2e", "3x0e + 1o"): the last axis rotates by
       the Wigner matrix D(Q) of those irreps (parity included, so "1o" flips under
       inversion and "1e" does not);
     * "cartesian2": a (..., 3, 3) Cartesian rank-2 tensor, T -> Q T Q^T.
@@ -40,7 +40,7 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def transform_output(value, kind: str, q: np.ndarray) -> np.ndarray:
-    """Apply the O(3) element ``q`` to an output of the given kind (module docstring)."""
+    """Apply the O(3) element ``q`` to an output of the given kind."""
     value = np.asarray(value, dtype=np.float64)
     if kind == "cartesian2":
         assert value.shape[-2:] == (3, 3), value.shape
@@ -61,7 +61,7 @@ def assert_equivariant(
     atol: float = 1e-12,
     inversion: bool = True,
 ):
-    """Assert that every output of ``fn`` transforms as ``kinds`` says (module docstring).
+    """Assert that every output of ``fn`` transforms as ``kinds`` says.
 
     Args:
         fn: ``fn(positions, q) -> dict[name, array]``.
@@ -86,6 +86,9 @@ def assert_equivariant(
             expected = transform_output(reference[name], kind, q)
             got = np.asarray(moved[name], dtype=np.float64)
             np.testing.assert_allclose(
-                got, expected, rtol=rtol, atol=atol,
+                got,
+                expected,
+                rtol=rtol,
+                atol=atol,
                 err_msg=f"output {name!r} ({kind}) is not equivariant under {label}",
             )

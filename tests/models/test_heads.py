@@ -42,7 +42,7 @@ def test_l2_tensor_rotates_as_R_T_RT(x64, rng, parity):
 
 
 def test_l2_convention_matches_second_moment_of_a_direction(x64, rng):
-    """The traceless second moment n n^T - I/3 is reproduced by its own irrep (no 3/2)."""
+    """The traceless second moment n n^T - I/3 is reproduced via its irrep (no 3/2)."""
     n = rng.normal(size=3)
     n /= np.linalg.norm(n)
     t = np.outer(n, n) - np.eye(3) / 3
@@ -63,11 +63,13 @@ def test_fit_reference_energies_recovers_exact_values(rng):
     truth = np.array([-13.6, -1030.2, -2.5])
     counts = rng.integers(0, 9, size=(12, 3))
     energies = counts @ truth
-    np.testing.assert_allclose(fit_reference_energies(counts, energies), truth, rtol=1e-12)
+    np.testing.assert_allclose(
+        fit_reference_energies(counts, energies), truth, rtol=1e-12
+    )
 
 
 def test_fit_reference_energies_rank_deficient_reproduces_energies(rng):
-    """Every frame H2O-like (2:1): the minimum-norm fit still reproduces the energies."""
+    """Every frame H2O-like (2:1): the minimum-norm fit reproduces the energies."""
     k = rng.integers(1, 20, size=8)
     counts = np.stack([2 * k, k], axis=1)
     energies = counts @ np.array([-13.0, -430.0])
