@@ -309,8 +309,8 @@ def neighbor_edges(neighbor, positions, cell=None):
         list capacity and padded indices equal to N.
 
     Raises:
-        ValueError: the list is not in Sparse format (half lists would double count
-            nothing and miss half the edges of a full-list model).
+        ValueError: the list is not in Sparse format (a half list would silently
+            drop half of the edges that polmp's full-list models expect).
     """
     from jax_md import partition
 

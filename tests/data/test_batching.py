@@ -191,9 +191,12 @@ def test_water_graph_has_host_pairs(x64):
     assert g.positions.dtype == jnp.float64 and g.idx_i.dtype == jnp.int32
 
 
-def test_float32_by_default(rng):
+def test_default_float_dtype(rng):
+    # jax's default float: float32 unless x64 is on (then float64)
     g = frames_to_graph(_mixed_frames(rng)[:1], CUTOFF)
-    assert g.positions.dtype == jnp.float32 and g.cell.dtype == jnp.float32
+    default = jnp.result_type(float)
+    assert g.positions.dtype == default and g.cell.dtype == default
+    assert g.idx_i.dtype == jnp.int32 and g.species.dtype == jnp.int32
 
 
 def test_batch_labels_and_masks(x64, rng):
