@@ -176,6 +176,19 @@ def test_device_periodic_triclinic_matches_host(x64, rng):
     assert np.all(np.linalg.norm(vectors, axis=1) < 4.0)
 
 
+def test_device_rotated_cell_matches_host(x64, rng):
+    # a general (not lower-triangular) cell: jax-md needs an upper-triangular box,
+    # which polmp derives by QR without rotating the positions
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = q * np.sign(np.linalg.det(q))
+    cell = TRICLINIC @ rotation
+    assert np.abs(np.triu(cell, 1)).max() > 1.0
+    positions = rng.uniform(size=(100, 3)) @ cell
+    nbrs = neighbor_list(4.5, cell).allocate(positions)
+    edges = neighbor_edges(nbrs, jnp.asarray(positions), jnp.asarray(cell))
+    assert _edge_set(*edges) == _host_set(positions, cell, True, 4.5)
+
+
 def test_device_update_is_jittable_and_tracks_motion(x64, rng):
     positions = rng.uniform(size=(150, 3)) @ TRICLINIC
     fns = neighbor_list(4.0, TRICLINIC, skin=0.5)
