@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from polmp.geometry.graph import Graph, edge_vectors
+from polmp.geometry.safe import safe_divide, safe_norm
 from polmp.models.config import ModelConfig
 from polmp.models.radial import radial_embedding
 
@@ -109,9 +110,8 @@ def safe_edge_lengths(
 ) -> tuple[jax.Array, jax.Array]:
     """Lengths and unit vectors of edges, finite to second order at padded (zero) edges.
 
-    Double-where: the masked squared length is replaced by 1 *before* the sqrt, and the
-    results are zeroed afterwards, so value, gradient and Hessian stay finite.
-    # TODO: switch to polmp.geometry.safe.safe_norm once it is merged.
+    Uses ``polmp.geometry.safe`` (double-where), so value, gradient and Hessian stay
+    finite for the zero-length padded edges; masked edges give exactly 0.
 
     Args:
         vectors: Float[Array, 'E 3'], A.
@@ -121,11 +121,10 @@ def safe_edge_lengths(
         ``(r, unit)``: Float[Array, 'E'] A (0 for masked edges) and Float[Array, 'E 3']
         (0 for masked edges).
     """
-    r2 = jnp.sum(vectors * vectors, axis=-1)
-    ok = mask & (r2 > 0)
-    r = jnp.sqrt(jnp.where(ok, r2, jnp.ones_like(r2)))
-    unit = jnp.where(ok[:, None], vectors / r[:, None], jnp.zeros_like(vectors))
-    return jnp.where(ok, r, jnp.zeros_like(r)), unit
+    vectors = jnp.where(mask[:, None], vectors, jnp.zeros_like(vectors))
+    r = safe_norm(vectors, axis=-1)  # (E,)
+    unit = safe_divide(vectors, r[:, None])  # (E, 3)
+    return r, unit
 
 
 class MLP(nn.Module):
