@@ -189,6 +189,7 @@ def test_padding_invariance_and_zero_padding_outputs(x64, setup, rng):
     )
 
 
+@pytest.mark.slow  # ~13 s on 2 shared cores
 def test_hessian_finite_with_padded_zero_length_edges(x64, setup):
     _, params, apply = setup
     pos = np.array([[0.0, 0.0, 0.0], [1.1, 0.4, -0.3]])
