@@ -9,6 +9,7 @@ last test also checks it through ``polmp.electrostatics.api.long_range``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 
@@ -61,6 +62,7 @@ def n_max_for(cell, sigma, tail=40.0):
     return int(np.ceil(k_c * np.linalg.norm(np.asarray(cell), axis=1).max() / (2 * math.pi)))
 
 
+@functools.partial(jax.jit, static_argnames=("sigma", "sigma_split", "n_max"))
 def split_energy(positions, cell, q, mu, theta, pairs, sigma, sigma_split, n_max):
     """E(sigma) = E_recip(split) + E_real(sigma, split) - pi k_e Q^2 (split^2 - sigma^2)/V."""
     background = -math.pi * COULOMB * jnp.sum(q) ** 2 * (sigma_split**2 - sigma**2) / jnp.linalg.det(cell)
@@ -114,7 +116,8 @@ def test_split_reproduces_pure_reciprocal_sum(x64, rng):
     for sigma_split in (1.1, 1.6):
         rc = realspace_cutoff(sigma_split, 1e-15, 4)
         pairs = prepare_realspace(np.asarray(positions), np.asarray(cell), True, rc)
-        e = split_energy(positions, cell, q, mu, theta, pairs, sigma, sigma_split, n_max_for(cell, sigma_split))
+        n_max = n_max_for(cell, sigma_split)
+        e = split_energy(positions, cell, q, mu, theta, pairs, sigma=sigma, sigma_split=sigma_split, n_max=n_max)
         assert float(e) == pytest.approx(float(ref), rel=1e-11)
     # without the background term a charged cell is off (the term matters, the test can fail)
     e_no_bg = float(e) + math.pi * COULOMB * float(jnp.sum(q)) ** 2 * (1.6**2 - sigma**2) / float(
@@ -131,7 +134,9 @@ def test_point_multipoles_independent_of_split(x64, rng):
         rc = realspace_cutoff(sigma_split, 1e-15, 4)
         pairs = prepare_realspace(np.asarray(positions), np.asarray(cell), True, rc)
         n_max = n_max_for(cell, sigma_split)
-        e, f = jax.value_and_grad(split_energy)(positions, cell, q, mu, theta, pairs, 0.0, sigma_split, n_max)
+        e, f = jax.value_and_grad(split_energy)(
+            positions, cell, q, mu, theta, pairs, sigma=0.0, sigma_split=sigma_split, n_max=n_max
+        )
         results.append((float(e), np.asarray(f)))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-11)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-9, atol=1e-10)
@@ -143,11 +148,12 @@ def test_potential_field_equal_autodiff_and_padding(x64, rng):
     exact = prepare_realspace(np.asarray(positions), np.asarray(cell), True, rc)
     pairs = prepare_realspace(np.asarray(positions), np.asarray(cell), True, rc, num_pairs=exact.mask.size + 7)
     kw = dict(sigma=0.0, sigma_split=1.2)
-    e_exact = realspace_energy(positions, cell, q, mu, theta, exact, **kw)
-    e, grads = jax.value_and_grad(realspace_energy, argnums=(0, 1, 2, 3))(positions, cell, q, mu, theta, pairs, **kw)
+    energy = jax.jit(functools.partial(realspace_energy, **kw))
+    e_exact = energy(positions, cell, q, mu, theta, exact)
+    e, grads = jax.jit(jax.value_and_grad(energy, argnums=(0, 1, 2, 3)))(positions, cell, q, mu, theta, pairs)
     assert float(e) == pytest.approx(float(e_exact), rel=1e-14)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
-    phi, field = realspace_potential_field(positions, cell, q, mu, theta, pairs, **kw)
+    phi, field = jax.jit(functools.partial(realspace_potential_field, **kw))(positions, cell, q, mu, theta, pairs)
     np.testing.assert_allclose(np.asarray(phi), np.asarray(grads[2]), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(field), -np.asarray(grads[3]), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="exceed"):
@@ -177,9 +183,9 @@ def test_torchpme_point_charges(x64):
         n_max = n_max_for(atoms.cell.array, sigma_split)
 
         def energy(pos, cel):
-            return split_energy(pos, cel, q, None, None, pairs, 0.0, sigma_split, n_max)
+            return split_energy(pos, cel, q, None, None, pairs, sigma=0.0, sigma_split=sigma_split, n_max=n_max)
 
-        e, (g_pos, g_cell) = jax.value_and_grad(energy, argnums=(0, 1))(positions, cell)
+        e, (g_pos, g_cell) = jax.jit(jax.value_and_grad(energy, argnums=(0, 1)))(positions, cell)
         # dE/d(strain) from the cell gradient and positions gradient (r -> r (1 + eps))
         virial = np.asarray(positions.T @ g_pos + cell.T @ g_cell)
         ref = atoms.calc.results
@@ -198,7 +204,9 @@ def test_torchpme_point_dipoles(x64):
         sigma_split = 1.0
         pairs = prepare_realspace(atoms.positions, atoms.cell.array, True, realspace_cutoff(sigma_split, 1e-14, 2))
         n_max = n_max_for(atoms.cell.array, sigma_split)
-        e, g = jax.value_and_grad(split_energy)(positions, cell, q, mu, None, pairs, 0.0, sigma_split, n_max)
+        e, g = jax.value_and_grad(split_energy)(
+            positions, cell, q, mu, None, pairs, sigma=0.0, sigma_split=sigma_split, n_max=n_max
+        )
         ref = atoms.calc.results
         assert float(e) == pytest.approx(ref["energy"], rel=3e-5)
         np.testing.assert_allclose(-np.asarray(g), ref["forces"], atol=5e-4)
@@ -256,7 +264,7 @@ def test_cluster_in_box_equals_direct_sum(x64, rng, charged):
         pairs = prepare_realspace(positions, cell, True, realspace_cutoff(sigma_split, 1e-13, 4))
         args = tuple(map(jnp.asarray, (positions, cell, q, mu, theta)))
         n_max = n_max_for(cell, sigma_split, tail=32.0)
-        e_per = float(split_energy(*args, pairs, sigma, sigma_split, n_max))
+        e_per = float(split_energy(*args, pairs, sigma=sigma, sigma_split=sigma_split, n_max=n_max))
         e_vac = float(direct_energy(*map(jnp.asarray, (positions, q, mu, theta)), sigma=sigma))
         correction = finite_size_correction(positions, q, mu, sigma, length)
         residual[length] = e_per - e_vac - correction
