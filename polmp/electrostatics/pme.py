@@ -413,9 +413,12 @@ def _spread(positions, cell, q, mu, theta, spec):
             C = C.at[:, 1, 1, 0].add(0.5 * (th[:, 0, 1] + th[:, 1, 0]))
             C = C.at[:, 1, 0, 1].add(0.5 * (th[:, 0, 2] + th[:, 2, 0]))
             C = C.at[:, 0, 1, 1].add(0.5 * (th[:, 1, 2] + th[:, 2, 1]))
-        values = jnp.einsum(
-            "nabc,nai,nbj,nck->nijk", C, A[:, 0], A[:, 1], A[:, 2], optimize="optimal"
-        )
+        # values[n,i,j,k] = sum_abc C[n,a,b,c] A1[n,a,i] A2[n,b,j] A3[n,c,k], one axis at a
+        # time with broadcast products (tiny batched matmuls are slow on CPU)
+        A1, A2, A3 = A[:, 0], A[:, 1], A[:, 2]  # (N, nd, p)
+        T = jnp.sum(C[:, :, :, :, None] * A3[:, None, None, :, :], axis=3)  # (N, nd, nd, p)
+        U = jnp.sum(T[:, :, :, None, :] * A2[:, None, :, :, None], axis=2)  # (N, nd, p, p)
+        values = jnp.sum(U[:, :, None, :, :] * A1[:, :, :, None, None], axis=1)
     assert values.shape == (n, p, p, p)
 
     start = (floor_u.astype(jnp.int32) - (p - 1)) % jnp.asarray(K, jnp.int32)  # (N, 3)

@@ -1,0 +1,227 @@
+"""Long-range electrostatics benchmark: polmp PME (and Ewald / long_range when present)
+against jax-pme's PME and P3M, energy + forces, in one run.
+
+Usage::
+
+    python benchmarks/electrostatics.py            # N = 192, 1536, 5184, 12288
+    python benchmarks/electrostatics.py --quick    # N = 192, 1536
+
+System: the 192-atom RPBE-D3 water frame (``lesfit_water_rpbe_d3/test-H2O_RPBE-D3.xyz``,
+first frame) replicated 1^3 .. 4^3, charges O -0.8 e, H +0.4 e and, for the multipole
+rows, random small dipoles (0.05 e A) and traceless quadrupoles (0.05 e A^2), seeded.
+
+Each configuration runs in its own subprocess (so ``ru_maxrss`` is that configuration's
+peak resident memory): prepare on the host, jit ``value_and_grad`` with respect to the
+positions, one call to compile, then the median wall time of several calls.  Rows:
+
+* ``polmp pme q``: ``pme_energy`` charges only, sigma 1 A, accuracy 1e-5, order 6,
+  mesh for charges (``max_multipole_order=0``).
+* ``polmp pme q+mu+Th``: same spec (the mesh of the charge rule) with dipoles and
+  quadrupoles spread on it; ``+resp`` when ``polmp.electrostatics.api.long_range`` exists
+  (kappa and alpha response through EWALD's API, method "pme").
+* ``polmp ewald q``: ``polmp.electrostatics.api.long_range(method="ewald")`` if present.
+* ``jax-pme P3M`` / ``jax-pme PME``: point charges, cutoff 6 A, smearing 1.5 A, mesh
+  spacing 1.0 A, 4 interpolation nodes, real-space part included (the neighbour list is
+  built on the host, outside the timing).
+
+The ``ratio`` column divides each time by the jax-pme P3M time of the same N and dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(
+    os.environ.get("POLMP_SHARED_DATA", REPO.parent / "shared" / "data")
+)
+WATER = SHARED_DATA / "lesfit_water_rpbe_d3" / "test-H2O_RPBE-D3.xyz"
+
+SIGMA = 1.0
+ACCURACY = 1e-5
+ORDER = 6
+METHODS = ["polmp pme q", "polmp pme q+mu+Th", "polmp ewald q", "jax-pme P3M", "jax-pme PME"]
+
+
+def build_system(rep, seed=0):
+    """Replicated water: positions (N,3), cell (3,3), q, mu, theta as numpy float64."""
+    import ase.io
+    import numpy as np
+
+    atoms = ase.io.read(WATER, index=0)
+    atoms = atoms.repeat((rep, rep, rep))
+    positions = atoms.get_positions()
+    cell = np.asarray(atoms.get_cell().array)
+    symbols = np.array(atoms.get_chemical_symbols())
+    q = np.where(symbols == "O", -0.8, 0.4)
+    rng = np.random.default_rng(seed)
+    n = len(q)
+    mu = 0.05 * rng.normal(size=(n, 3))
+    theta = 0.05 * rng.normal(size=(n, 3, 3))
+    theta = theta + theta.transpose(0, 2, 1)
+    theta -= np.trace(theta, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3.0
+    return atoms, positions, cell, q, mu, theta
+
+
+def _time(fn, args, repeats):
+    import jax
+    import numpy as np
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), compile_s
+
+
+def run_one(method, rep, dtype_name, repeats):
+    """Run one configuration in this process; returns a dict (printed as JSON)."""
+    import resource
+
+    import jax
+
+    if dtype_name == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+
+    dtype = jnp.float64 if dtype_name == "float64" else jnp.float32
+    atoms, positions, cell, q, mu, theta = build_system(rep)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    info = {}
+
+    def cast(x):
+        return jnp.asarray(x, dtype)
+
+    if method.startswith("polmp pme"):
+        from polmp.electrostatics.pme import pme_energy, prepare_pme
+
+        spec = prepare_pme(cell, sigma=SIGMA, accuracy=ACCURACY, order=ORDER, max_multipole_order=0)
+        info["mesh"] = "x".join(map(str, spec.mesh_shape))
+        full = "mu" in method
+        api = None
+        if full:
+            try:
+                from polmp.electrostatics import api  # EWALD's public entry point
+            except ImportError:
+                api = None
+        if full and api is not None and hasattr(api, "long_range"):
+            rng = np.random.default_rng(1)
+            kappa = cast(0.01 * rng.uniform(size=len(q)))
+            alpha = cast(0.01 * rng.uniform(size=len(q)))
+            info["variant"] = "long_range(q,mu,Th,kappa,alpha, method=pme)"
+
+            def energy(r, c, q_, mu_, th_):
+                out = api.long_range(
+                    r, q_, mu_, th_, kappa, alpha, cell=c, sigma=SIGMA, method="pme",
+                    accuracy=ACCURACY,
+                )
+                return out.energy
+        else:
+            info["variant"] = "pme_energy(q,mu,Th)" if full else "pme_energy(q)"
+
+            def energy(r, c, q_, mu_, th_):
+                return pme_energy(r, c, q_, mu_ if full else None, th_ if full else None, spec, sigma=SIGMA)
+
+        fn = jax.jit(jax.value_and_grad(energy))
+        args = (cast(positions), cast(cell), cast(q), cast(mu), cast(theta))
+    elif method == "polmp ewald q":
+        try:
+            from polmp.electrostatics import api
+        except ImportError:
+            return {"skip": "polmp.electrostatics.api not available"}
+        if not hasattr(api, "long_range"):
+            return {"skip": "no long_range"}
+
+        def energy(r, c, q_):
+            return api.long_range(r, q_, cell=c, sigma=SIGMA, method="ewald", accuracy=ACCURACY).energy
+
+        fn = jax.jit(jax.value_and_grad(energy))
+        args = (cast(positions), cast(cell), cast(q))
+    else:
+        import jaxpme
+
+        calc = (jaxpme.P3M if "P3M" in method else jaxpme.PME)(
+            interpolation_nodes=4, prefactor=jaxpme.prefactors.eV_A
+        )
+        inputs = calc.prepare(atoms, q, 6.0, 1.0, 1.5)
+        charges, cell_, pos_, i, j, shifts, k_grid, smearing = inputs
+        info["mesh"] = "x".join(map(str, k_grid.shape))
+        info["pairs"] = int(len(i))
+
+        def energy(r, c, q_):
+            return calc.energy(q_, c, r, jnp.asarray(i), jnp.asarray(j), jnp.asarray(shifts), k_grid, smearing)
+
+        fn = jax.jit(jax.value_and_grad(energy))
+        args = (cast(pos_), cast(cell_), cast(charges))
+
+    median, compile_s = _time(fn, args, repeats)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    info.update(time_ms=1e3 * median, compile_s=compile_s, peak_mb=peak, base_mb=base_rss)
+    return info
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N = 192 and 1536 only")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--_one", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._one:
+        method, rep, dtype_name, repeats = args._one
+        try:
+            out = run_one(method, int(rep), dtype_name, int(repeats))
+        except Exception as exc:  # report and continue with the other rows
+            out = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        print("RESULT " + json.dumps(out))
+        return
+
+    reps = [1, 2] if args.quick else [1, 2, 3, 4]
+    dtypes = args.dtypes.split(",")
+    methods = args.methods.split(",")
+    print(f"# machine: {platform.processor() or platform.machine()}, nproc={os.cpu_count()}")
+    print(f"# polmp PME sigma={SIGMA} accuracy={ACCURACY} order={ORDER}; jax-pme cutoff 6, "
+          "smearing 1.5, mesh spacing 1.0, 4 nodes; energy+forces, median, jit")
+    header = f"{'N':>6} {'dtype':>7} {'method':<20} {'mesh':>11} {'time ms':>9} {'ratio':>6} {'peak MB':>8} {'compile s':>9}  note"
+    print(header)
+    print("-" * len(header))
+    for rep in reps:
+        n = 192 * rep**3
+        repeats = 7 if n <= 1536 else 5
+        for dtype_name in dtypes:
+            results = {}
+            for method in methods:
+                cmd = [sys.executable, __file__, "--_one", method, str(rep), dtype_name, str(repeats)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                results[method] = (
+                    json.loads(line[-1][7:]) if line else {"error": proc.stderr.strip()[-200:]}
+                )
+            ref = results.get("jax-pme P3M", {}).get("time_ms")
+            for method in methods:
+                r = results[method]
+                if "time_ms" not in r:
+                    print(f"{n:>6} {dtype_name:>7} {method:<20} {'':>11} {'-':>9} {'-':>6} {'-':>8} {'-':>9}  {r.get('skip') or r.get('error')}")
+                    continue
+                ratio = f"{r['time_ms'] / ref:.2f}" if ref else "-"
+                print(
+                    f"{n:>6} {dtype_name:>7} {method:<20} {r.get('mesh', ''):>11} {r['time_ms']:>9.1f} "
+                    f"{ratio:>6} {r['peak_mb']:>8.0f} {r['compile_s']:>9.1f}  {r.get('variant', '')}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
