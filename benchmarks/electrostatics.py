@@ -39,6 +39,7 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 SHARED_DATA = pathlib.Path(
     os.environ.get("POLMP_SHARED_DATA", REPO.parent / "shared" / "data")
 )
@@ -47,6 +48,8 @@ WATER = SHARED_DATA / "lesfit_water_rpbe_d3" / "test-H2O_RPBE-D3.xyz"
 SIGMA = 1.0
 ACCURACY = 1e-5
 ORDER = 6
+from polmp.units import EPSILON0  # noqa: E402  (plain float, no jax import)
+
 METHODS = ["polmp pme q", "polmp pme q+mu+Th", "polmp ewald q", "jax-pme P3M", "jax-pme PME"]
 
 
@@ -103,6 +106,25 @@ def run_one(method, rep, dtype_name, repeats):
 
     def cast(x):
         return jnp.asarray(x, dtype)
+
+    if method == "reference":
+        # float64 energies on a much finer mesh (order 8) for the error column
+        from polmp.electrostatics.pme import pme_energy, prepare_pme
+
+        out = {}
+        spec = prepare_pme(cell, sigma=SIGMA, accuracy=1e-9, order=8, max_multipole_order=0)
+        out["q"] = float(pme_energy(cast(positions), cast(cell), cast(q), None, None, spec, sigma=SIGMA))
+        if len(q) <= 5184:
+            spec = prepare_pme(cell, sigma=SIGMA, accuracy=1e-7, order=8, max_multipole_order=2)
+            out["full"] = float(
+                pme_energy(*(cast(x) for x in (positions, cell, q, mu, theta)), spec, sigma=SIGMA)
+            )
+        out["self_q"] = float(np.sum(q**2) / SIGMA / (2 * EPSILON0 * (2 * np.pi) ** 1.5))
+        out["self_full"] = out["self_q"] + float(
+            (np.sum(mu**2) / (3 * SIGMA**3) + np.sum(theta**2) / (10 * SIGMA**5))
+            / (2 * EPSILON0 * (2 * np.pi) ** 1.5)
+        )
+        return out
 
     if method.startswith("polmp pme"):
         from polmp.electrostatics.pme import pme_energy, prepare_pme
@@ -167,9 +189,27 @@ def run_one(method, rep, dtype_name, repeats):
         args = (cast(pos_), cast(cell_), cast(charges))
 
     median, compile_s = _time(fn, args, repeats)
+    info["energy"] = float(fn(*args)[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     info.update(time_ms=1e3 * median, compile_s=compile_s, peak_mb=peak, base_mb=base_rss)
     return info
+
+
+def _subprocess(method, rep, dtype_name, repeats):
+    cmd = [sys.executable, __file__, "--_one", method, str(rep), dtype_name, str(repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    return json.loads(line[-1][7:]) if line else {"error": proc.stderr.strip()[-200:]}
+
+
+def _error(method, r, reference):
+    """|E - E_ref| / E_self for polmp PME rows (the scale ``accuracy`` refers to)."""
+    key = "full" if "mu" in method else "q"
+    if not method.startswith("polmp pme") or key not in reference or "energy" not in r:
+        return "-"
+    if "long_range" in r.get("variant", ""):
+        return "-"
+    return f"{abs(r['energy'] - reference[key]) / reference['self_' + key]:.1e}"
 
 
 def main():
@@ -194,31 +234,29 @@ def main():
     print(f"# machine: {platform.processor() or platform.machine()}, nproc={os.cpu_count()}")
     print(f"# polmp PME sigma={SIGMA} accuracy={ACCURACY} order={ORDER}; jax-pme cutoff 6, "
           "smearing 1.5, mesh spacing 1.0, 4 nodes; energy+forces, median, jit")
-    header = f"{'N':>6} {'dtype':>7} {'method':<20} {'mesh':>11} {'time ms':>9} {'ratio':>6} {'peak MB':>8} {'compile s':>9}  note"
+    header = f"{'N':>6} {'dtype':>7} {'method':<20} {'mesh':>11} {'time ms':>9} {'ratio':>6} {'peak MB':>8} {'compile s':>9} {'err/Eself':>9}  note"
     print(header)
     print("-" * len(header))
     for rep in reps:
         n = 192 * rep**3
         repeats = 7 if n <= 1536 else 5
         for dtype_name in dtypes:
+            if dtype_name == dtypes[0]:
+                reference = _subprocess("reference", rep, "float64", 1)
             results = {}
             for method in methods:
-                cmd = [sys.executable, __file__, "--_one", method, str(rep), dtype_name, str(repeats)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-                results[method] = (
-                    json.loads(line[-1][7:]) if line else {"error": proc.stderr.strip()[-200:]}
-                )
+                results[method] = _subprocess(method, rep, dtype_name, repeats)
             ref = results.get("jax-pme P3M", {}).get("time_ms")
             for method in methods:
                 r = results[method]
                 if "time_ms" not in r:
-                    print(f"{n:>6} {dtype_name:>7} {method:<20} {'':>11} {'-':>9} {'-':>6} {'-':>8} {'-':>9}  {r.get('skip') or r.get('error')}")
+                    print(f"{n:>6} {dtype_name:>7} {method:<20} {'':>11} {'-':>9} {'-':>6} {'-':>8} {'-':>9} {'-':>9}  {r.get('skip') or r.get('error')}")
                     continue
                 ratio = f"{r['time_ms'] / ref:.2f}" if ref else "-"
                 print(
                     f"{n:>6} {dtype_name:>7} {method:<20} {r.get('mesh', ''):>11} {r['time_ms']:>9.1f} "
-                    f"{ratio:>6} {r['peak_mb']:>8.0f} {r['compile_s']:>9.1f}  {r.get('variant', '')}",
+                    f"{ratio:>6} {r['peak_mb']:>8.0f} {r['compile_s']:>9.1f} "
+                    f"{_error(method, r, reference):>9}  {r.get('variant', '')}",
                     flush=True,
                 )
 
