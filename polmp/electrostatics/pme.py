@@ -514,8 +514,9 @@ def pme_potential_field(positions, cell, q, mu, theta, spec, *, sigma, atom_mask
 
     Derivatives of :func:`pme_energy` (exactly consistent with it: a mesh gather with the
     spline weights and their derivatives).  **Self terms are included** (they belong to
-    the bare reciprocal sum); the self potential is q_i/(eps0 (2 pi)^(3/2) sigma) and the
-    self field mu_i/(3 eps0 (2 pi)^(3/2) sigma^3), to be removed by the caller.
+    the bare reciprocal sum); remove them with
+    ``polmp.electrostatics.multipoles.self_potential_field`` (for traceless Theta:
+    phi_self = q_i/(eps0 (2 pi)^(3/2) sigma), E_self = -mu_i/(3 eps0 (2 pi)^(3/2) sigma^3)).
 
     Args:
         positions, cell, q, mu, theta, spec, sigma, atom_mask: as in :func:`pme_energy`
