@@ -16,10 +16,15 @@ positions, one call to compile, then the median wall time of several calls.  Row
 
 * ``polmp pme q``: ``pme_energy`` charges only, sigma 1 A, accuracy 1e-5, order 6,
   mesh for charges (``max_multipole_order=0``).
-* ``polmp pme q+mu+Th``: same spec (the mesh of the charge rule) with dipoles and
-  quadrupoles spread on it; ``+resp`` when ``polmp.electrostatics.api.long_range`` exists
-  (kappa and alpha response through EWALD's API, method "pme").
-* ``polmp ewald q``: ``polmp.electrostatics.api.long_range(method="ewald")`` if present.
+* ``polmp pme q+mu+Th``: q, mu, Theta plus the one-shot kappa/alpha response through
+  ``polmp.electrostatics.api.prepare_pme_solver(...).long_range_fn`` (plain
+  ``pme_energy(q, mu, Th)`` when the api module is absent), on the same mesh as the
+  charge row (``max_multipole_order=0``: the multipole terms are then less accurate than
+  ``accuracy`` relative to their own size, see the err column of the next row).
+* ``polmp pme q+mu+Th p8 l2``: the same with order 8 and the mesh rule for quadrupoles
+  (``max_multipole_order=2``), i.e. ``accuracy`` for every term.
+* ``polmp ewald q``: ``polmp.electrostatics.api.prepare_ewald(...).energy_fn``
+  (reciprocal Ewald sum, charges only), if present.
 * ``jax-pme P3M`` / ``jax-pme PME``: point charges, cutoff 6 A, smearing 1.5 A, mesh
   spacing 1.0 A, 4 interpolation nodes, real-space part included (the neighbour list is
   built on the host, outside the timing).
@@ -50,7 +55,14 @@ ACCURACY = 1e-5
 ORDER = 6
 from polmp.units import EPSILON0  # noqa: E402  (plain float, no jax import)
 
-METHODS = ["polmp pme q", "polmp pme q+mu+Th", "polmp ewald q", "jax-pme P3M", "jax-pme PME"]
+METHODS = [
+    "polmp pme q",
+    "polmp pme q+mu+Th",
+    "polmp pme q+mu+Th p8 l2",
+    "polmp ewald q",
+    "jax-pme P3M",
+    "jax-pme PME",
+]
 
 
 def build_system(rep, seed=0):
@@ -112,14 +124,28 @@ def run_one(method, rep, dtype_name, repeats):
         from polmp.electrostatics.pme import pme_energy, prepare_pme
 
         out = {}
-        spec = prepare_pme(cell, sigma=SIGMA, accuracy=1e-9, order=8, max_multipole_order=0)
-        out["q"] = float(pme_energy(cast(positions), cast(cell), cast(q), None, None, spec, sigma=SIGMA))
-        if len(q) <= 5184:
-            spec = prepare_pme(cell, sigma=SIGMA, accuracy=1e-7, order=8, max_multipole_order=2)
-            out["full"] = float(
-                pme_energy(*(cast(x) for x in (positions, cell, q, mu, theta)), spec, sigma=SIGMA)
+        spec = prepare_pme(
+            cell, sigma=SIGMA, accuracy=1e-9, order=8, max_multipole_order=0
+        )
+        out["q"] = float(
+            pme_energy(
+                cast(positions), cast(cell), cast(q), None, None, spec, sigma=SIGMA
             )
-        out["self_q"] = float(np.sum(q**2) / SIGMA / (2 * EPSILON0 * (2 * np.pi) ** 1.5))
+        )
+        if len(q) <= 5184:
+            spec = prepare_pme(
+                cell, sigma=SIGMA, accuracy=1e-7, order=8, max_multipole_order=2
+            )
+            out["full"] = float(
+                pme_energy(
+                    *(cast(x) for x in (positions, cell, q, mu, theta)),
+                    spec,
+                    sigma=SIGMA,
+                )
+            )
+        out["self_q"] = float(
+            np.sum(q**2) / SIGMA / (2 * EPSILON0 * (2 * np.pi) ** 1.5)
+        )
         out["self_full"] = out["self_q"] + float(
             (np.sum(mu**2) / (3 * SIGMA**3) + np.sum(theta**2) / (10 * SIGMA**5))
             / (2 * EPSILON0 * (2 * np.pi) ** 1.5)
@@ -129,45 +155,77 @@ def run_one(method, rep, dtype_name, repeats):
     if method.startswith("polmp pme"):
         from polmp.electrostatics.pme import pme_energy, prepare_pme
 
-        spec = prepare_pme(cell, sigma=SIGMA, accuracy=ACCURACY, order=ORDER, max_multipole_order=0)
-        info["mesh"] = "x".join(map(str, spec.mesh_shape))
         full = "mu" in method
-        api = None
-        if full:
-            try:
-                from polmp.electrostatics import api  # EWALD's public entry point
-            except ImportError:
-                api = None
-        if full and api is not None and hasattr(api, "long_range"):
+        order = 8 if "p8" in method else ORDER
+        lmax = 2 if "l2" in method else 0
+        spec = prepare_pme(
+            cell, sigma=SIGMA, accuracy=ACCURACY, order=order, max_multipole_order=lmax
+        )
+        info["mesh"] = "x".join(map(str, spec.mesh_shape))
+        try:
+            from polmp.electrostatics import api  # EWALD's public entry point
+        except ImportError:
+            api = None
+        if full and api is not None and hasattr(api, "prepare_pme_solver"):
             rng = np.random.default_rng(1)
             kappa = cast(0.01 * rng.uniform(size=len(q)))
             alpha = cast(0.01 * rng.uniform(size=len(q)))
-            info["variant"] = "long_range(q,mu,Th,kappa,alpha, method=pme)"
+            solver = api.prepare_pme_solver(
+                cell,
+                sigma=SIGMA,
+                accuracy=ACCURACY,
+                order=order,
+                max_multipole_order=lmax,
+            )
+            assert solver.spec == spec
+            info["variant"] = (
+                f"api pme solver q,mu,Th,kappa,alpha (p={order}, l={lmax} mesh)"
+            )
 
             def energy(r, c, q_, mu_, th_):
-                out = api.long_range(
-                    r, q_, mu_, th_, kappa, alpha, cell=c, sigma=SIGMA, method="pme",
-                    accuracy=ACCURACY,
-                )
-                return out.energy
+                return solver.long_range_fn(r, c, q_, mu_, th_, kappa, alpha).energy
         else:
-            info["variant"] = "pme_energy(q,mu,Th)" if full else "pme_energy(q)"
+            info["variant"] = (
+                f"pme_energy(q,mu,Th) (p={order}, l={lmax} mesh)"
+                if full
+                else "pme_energy(q)"
+            )
 
             def energy(r, c, q_, mu_, th_):
-                return pme_energy(r, c, q_, mu_ if full else None, th_ if full else None, spec, sigma=SIGMA)
+                return pme_energy(
+                    r,
+                    c,
+                    q_,
+                    mu_ if full else None,
+                    th_ if full else None,
+                    spec,
+                    sigma=SIGMA,
+                )
 
         fn = jax.jit(jax.value_and_grad(energy))
         args = (cast(positions), cast(cell), cast(q), cast(mu), cast(theta))
+        # bare reciprocal energy of the same spec and terms, for the error column
+        info["energy_bare"] = float(
+            pme_energy(
+                *args[:3],
+                args[3] if full else None,
+                args[4] if full else None,
+                spec,
+                sigma=SIGMA,
+            )
+        )
     elif method == "polmp ewald q":
         try:
             from polmp.electrostatics import api
         except ImportError:
             return {"skip": "polmp.electrostatics.api not available"}
-        if not hasattr(api, "long_range"):
-            return {"skip": "no long_range"}
+        solver = api.prepare_ewald(
+            cell, sigma=SIGMA, accuracy=ACCURACY, max_multipole_order=0
+        )
+        info["mesh"] = f"{len(solver.spec.indices)} k"
 
         def energy(r, c, q_):
-            return api.long_range(r, q_, cell=c, sigma=SIGMA, method="ewald", accuracy=ACCURACY).energy
+            return solver.energy_fn(r, c, q_)
 
         fn = jax.jit(jax.value_and_grad(energy))
         args = (cast(positions), cast(cell), cast(q))
@@ -183,7 +241,16 @@ def run_one(method, rep, dtype_name, repeats):
         info["pairs"] = int(len(i))
 
         def energy(r, c, q_):
-            return calc.energy(q_, c, r, jnp.asarray(i), jnp.asarray(j), jnp.asarray(shifts), k_grid, smearing)
+            return calc.energy(
+                q_,
+                c,
+                r,
+                jnp.asarray(i),
+                jnp.asarray(j),
+                jnp.asarray(shifts),
+                k_grid,
+                smearing,
+            )
 
         fn = jax.jit(jax.value_and_grad(energy))
         args = (cast(pos_), cast(cell_), cast(charges))
@@ -191,25 +258,36 @@ def run_one(method, rep, dtype_name, repeats):
     median, compile_s = _time(fn, args, repeats)
     info["energy"] = float(fn(*args)[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    info.update(time_ms=1e3 * median, compile_s=compile_s, peak_mb=peak, base_mb=base_rss)
+    info.update(
+        time_ms=1e3 * median, compile_s=compile_s, peak_mb=peak, base_mb=base_rss
+    )
     return info
 
 
 def _subprocess(method, rep, dtype_name, repeats):
-    cmd = [sys.executable, __file__, "--_one", method, str(rep), dtype_name, str(repeats)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_one",
+        method,
+        str(rep),
+        dtype_name,
+        str(repeats),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     return json.loads(line[-1][7:]) if line else {"error": proc.stderr.strip()[-200:]}
 
 
 def _error(method, r, reference):
-    """|E - E_ref| / E_self for polmp PME rows (the scale ``accuracy`` refers to)."""
+    """|E - E_ref| / E_self for polmp rows (the scale ``accuracy`` refers to)."""
     key = "full" if "mu" in method else "q"
-    if not method.startswith("polmp pme") or key not in reference or "energy" not in r:
+    if not method.startswith("polmp") or key not in reference or "energy" not in r:
         return "-"
-    if "long_range" in r.get("variant", ""):
-        return "-"
-    return f"{abs(r['energy'] - reference[key]) / reference['self_' + key]:.1e}"
+    energy = r.get("energy_bare", r["energy"])
+    if method.startswith("polmp ewald"):
+        energy = energy + reference["self_" + key]  # E_elec -> bare reciprocal sum
+    return f"{abs(energy - reference[key]) / reference['self_' + key]:.1e}"
 
 
 def main():
@@ -231,15 +309,20 @@ def main():
     reps = [1, 2] if args.quick else [1, 2, 3, 4]
     dtypes = args.dtypes.split(",")
     methods = args.methods.split(",")
-    print(f"# machine: {platform.processor() or platform.machine()}, nproc={os.cpu_count()}")
-    print(f"# polmp PME sigma={SIGMA} accuracy={ACCURACY} order={ORDER}; jax-pme cutoff 6, "
-          "smearing 1.5, mesh spacing 1.0, 4 nodes; energy+forces, median, jit")
-    header = f"{'N':>6} {'dtype':>7} {'method':<20} {'mesh':>11} {'time ms':>9} {'ratio':>6} {'peak MB':>8} {'compile s':>9} {'err/Eself':>9}  note"
+    machine = platform.processor() or platform.machine()
+    print(f"# machine: {machine}, nproc={os.cpu_count()}")
+    print(
+        f"# polmp PME sigma={SIGMA} accuracy={ACCURACY} order={ORDER}; "
+        "jax-pme cutoff 6, smearing 1.5, mesh spacing 1.0, 4 nodes; "
+        "energy+forces, median, jit"
+    )
+    cols = ("N", "dtype", "method", "mesh", "time ms", "ratio", "peak MB", "compile s")
+    header = _row(*cols, "err/Eself", "note")
     print(header)
     print("-" * len(header))
     for rep in reps:
         n = 192 * rep**3
-        repeats = 7 if n <= 1536 else 5
+        repeats = 7 if n <= 1536 else 3
         for dtype_name in dtypes:
             if dtype_name == dtypes[0]:
                 reference = _subprocess("reference", rep, "float64", 1)
@@ -250,15 +333,34 @@ def main():
             for method in methods:
                 r = results[method]
                 if "time_ms" not in r:
-                    print(f"{n:>6} {dtype_name:>7} {method:<20} {'':>11} {'-':>9} {'-':>6} {'-':>8} {'-':>9} {'-':>9}  {r.get('skip') or r.get('error')}")
+                    note = r.get("skip") or r.get("error")
+                    print(
+                        _row(n, dtype_name, method, "", "-", "-", "-", "-", "-", note)
+                    )
                     continue
                 ratio = f"{r['time_ms'] / ref:.2f}" if ref else "-"
                 print(
-                    f"{n:>6} {dtype_name:>7} {method:<20} {r.get('mesh', ''):>11} {r['time_ms']:>9.1f} "
-                    f"{ratio:>6} {r['peak_mb']:>8.0f} {r['compile_s']:>9.1f} "
-                    f"{_error(method, r, reference):>9}  {r.get('variant', '')}",
+                    _row(
+                        n,
+                        dtype_name,
+                        method,
+                        r.get("mesh", ""),
+                        f"{r['time_ms']:.1f}",
+                        ratio,
+                        f"{r['peak_mb']:.0f}",
+                        f"{r['compile_s']:.1f}",
+                        _error(method, r, reference),
+                        r.get("variant", ""),
+                    ),
                     flush=True,
                 )
+
+
+def _row(n, dtype, method, mesh, time_ms, ratio, peak, compile_s, err, note):
+    return (
+        f"{n:>6} {dtype:>7} {method:<24} {mesh:>11} {time_ms:>8} {ratio:>6} {peak:>8} "
+        f"{compile_s:>9} {err:>9}  {note}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Smooth particle-mesh Ewald (PME) for Gaussian-smeared charges, dipoles and quadrupoles.
+"""Smooth particle-mesh Ewald (PME) for Gaussian-smeared charges, dipoles, quadrupoles.
 
 Implements the reciprocal sum of method.md section 3 on a mesh (Essmann et al., J. Chem.
 Phys. 103, 8577 (1995), smooth PME with cardinal B-splines), extended to point dipoles
@@ -27,12 +27,14 @@ Algorithm
 With M the cell (rows are lattice vectors), K = (K_1, K_2, K_3) the mesh shape and
 u_i = K * (r_i M^-1) the scaled fractional coordinates, Euler exponential splines give
 ``exp(2 pi i m_a u_a / K_a) ~ b_a(m_a) sum_j M_p(u_a - j) exp(2 pi i m_a j / K_a)``
-with ``1/b_a(m) = exp(-2 pi i (p-1) m/K_a) sum_{k=0}^{p-2} M_p(k+1) exp(2 pi i m k/K_a)``.
+with the Euler exponential spline factors
+``1/b_a(m) = exp(-2 pi i (p-1) m/K_a) sum_{k=0}^{p-2} M_p(k+1) exp(2 pi i m k/K_a)``.
 Because ``i k.mu exp(i k.r) = mu.grad exp(i k.r)`` and ``-1/2 k^T Theta k exp(i k.r) =
 1/2 Theta:grad grad exp(i k.r)``, applying the same differential operators to the
 spline approximation gives the mesh density
 
-    Q(j) = sum_i [q_i W_i(j) + d_i . grad_u W_i(j) + 1/2 Theta'_i : grad_u grad_u W_i(j)],
+    Q(j) = sum_i [q_i W_i(j) + d_i . grad_u W_i(j)
+                  + 1/2 Theta'_i : grad_u grad_u W_i(j)],
     W_i(j) = prod_a M_p(u_ia - j_a)   (periodically wrapped),
     d_ia = K_a (mu_i M^-1)_a,   Theta'_i,ab = K_a K_b (M^-T Theta_i M^-1)_ab,
 
@@ -40,7 +42,8 @@ and S(k_m) ~ b(m) sum_j Q(j) exp(2 pi i m.j/K), so that the signs of the dipole 
 quadrupole terms are those of S(k) by construction (tested against the Ewald sum with
 dipole-only and quadrupole-only systems).  Then, with F = rfftn(Q) over half of k space,
 
-    E_pme = 1/(2 eps0 V) sum_m w_m G(k_m) |F(m)|^2,   G(k) = exp(-sigma^2 k^2/2) / k^2 |b(m)|^2,
+    E_pme = 1/(2 eps0 V) sum_m w_m G(k_m) |F(m)|^2,
+    G(k_m) = exp(-sigma^2 k^2/2) / k^2 |b(m)|^2,
 
 k_m = m B (B = 2 pi M^-T, traced, so the cell derivative is exact for the fixed mesh),
 w_m = 2 for 0 < m_3 < K_3/2 and 1 on the m_3 = 0 plane; m = 0 is removed and the Nyquist
@@ -50,7 +53,8 @@ dropped: the mesh rule puts them where exp(-sigma^2 k^2/2) < accuracy.
 Cost and memory: spreading is one windowed scatter-add of N blocks of p^3 values into a
 mesh padded by p - 1 points per axis (then folded back periodically); there are no
 (N, mesh) arrays: memory is O(N p^3 + K_1 K_2 K_3).  Forces come from autodiff (the
-transpose of the scatter is a windowed gather; B-splines of order p are C^{p-2}, so forces
+transpose of the scatter is a windowed gather; B-splines of order p are C^{p-2}, so
+forces
 are continuous for p >= 4 even for quadrupoles, whose weights use M_p'').
 
 Mesh rule (``mesh_shape_for``)
@@ -77,9 +81,11 @@ What ``accuracy`` means: the error of E_pme is at most about ``accuracy * E_self
 E_self = 1/(2 eps0 (2 pi)^(3/2)) sum_i [q_i^2/sigma + |mu_i|^2/(3 sigma^3) +
 ||Theta_i||_F^2/(10 sigma^5)] the self energy of the same multipoles.  For uncorrelated
 multipoles E_pme ~ E_self, so this is the relative error of E_pme (how the constants
-were fitted); for condensed matter |E_elec| = |E_pme - E_self| is of the order of E_self,
+were fitted); for condensed matter |E_elec| = |E_pme - E_self| is of the order of
+E_self,
 so it is about the relative error of E_elec.  It is *not* the relative error of E_pme
-for neutral molecules, whose E_pme is a small remainder of large cancelling terms (water:
+for neutral molecules, whose E_pme is a small remainder of large cancelling terms
+(water:
 E_pme ~ 0.04 E_self; at accuracy 1e-5 the measured error is 1.6e-6 E_self = 4e-5 E_pme).
 
 Precision: float64 reaches 1e-12 relative; float32 meshes and FFTs have a floor of about
@@ -108,10 +114,11 @@ __all__ = [
     "bspline_weights",
     "pme_energy",
     "pme_potential_field",
+    "pme_energy_potential_field",
 ]
 
 
-# ----------------------------------------------------------------------------- host side
+# ---------------------------------------------------------------------------- host side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +159,8 @@ def fft_friendly(n: int) -> int:
 
 #: Fitted constants A_{l,p} of the aliasing-error model |dE|/E ~ A (h/sigma)^(p-l)
 #: (l = highest multipole spread, p = spline order), measured against a converged Ewald
-#: sum for 40 random multipoles in cubic and triclinic 10 A cells, sigma = 1 A, meshes of
+#: sum for 40 random multipoles in cubic and triclinic 10 A cells, sigma = 1 A, meshes
+#: of
 #: 20-60 points (maximum over both cells; see ``mesh_shape_for``).
 ALIAS_CONSTANTS = {
     0: {4: 9.0e-3, 6: 1.22e-3, 8: 4.35e-4},
@@ -166,7 +174,9 @@ ALIAS_SAFETY = 2.0
 def _alias_constant(order, max_multipole_order):
     table = ALIAS_CONSTANTS[int(max_multipole_order)]
     ps = sorted(table)
-    p = min(max(order, ps[0]), ps[-1])  # orders above 8 use the (conservative) p = 8 value
+    p = min(
+        max(order, ps[0]), ps[-1]
+    )  # orders above 8 use the (conservative) p = 8 value
     return float(np.exp(np.interp(p, ps, [np.log(table[x]) for x in ps])))
 
 
@@ -200,7 +210,9 @@ def mesh_spacing_for(sigma: float, accuracy: float, order: int, max_multipole_or
     return min(math.pi / k_c, h_alias)
 
 
-def mesh_shape_for(cell, *, sigma, accuracy, order=6, mesh_spacing=None, max_multipole_order=2):
+def mesh_shape_for(
+    cell, *, sigma, accuracy, order=6, mesh_spacing=None, max_multipole_order=2
+):
     """Mesh shape (K_1, K_2, K_3) for a cell.  Not jittable.
 
     Args:
@@ -220,7 +232,7 @@ def mesh_shape_for(cell, *, sigma, accuracy, order=6, mesh_spacing=None, max_mul
         raw = lengths / float(mesh_spacing)
     else:
         raw = lengths / mesh_spacing_for(sigma, accuracy, order, max_multipole_order)
-    # the 1e-9 keeps an exact integer (e.g. a cell of exactly n spacings) from rounding up
+    # the 1e-9 keeps an exact integer (a cell of exactly n spacings) from rounding up
     return tuple(fft_friendly(max(math.ceil(r - 1e-9), order)) for r in raw)
 
 
@@ -230,14 +242,15 @@ def prepare_pme(
     """Choose the PME mesh for a concrete cell (host, numpy).  Not jittable.
 
     Args:
-        cell: (3, 3) array, rows are lattice vectors, A; must be a valid right-handed cell.
+        cell: (3, 3) array, rows are lattice vectors, A (valid, right-handed).
         sigma: Gaussian width of the pair kernel exp(-sigma^2 k^2/2)/k^2, A.
         accuracy: target error of the energy relative to the self energy E_self of the
             multipoles (see the module docstring), e.g. 1e-6.
         order: B-spline order p >= 4 (default 6).
         mesh_spacing: optional explicit mesh spacing, A (overrides the accuracy rule).
         max_multipole_order: 0, 1 or 2; the highest multipole that will be spread
-            (default 2, safe for q, mu and Theta; 0 gives a smaller mesh for charges only).
+            (default 2, safe for q, mu and Theta; 0 gives a smaller mesh for charges
+            only).
 
     Returns:
         :class:`PMESpec` with the mesh shape and order.
@@ -247,9 +260,13 @@ def prepare_pme(
     cell = validate_cell(cell)
     order = int(order)
     if order < 4:
-        raise ValueError(f"order must be >= 4 (C^2 splines for quadrupole forces), got {order}")
+        raise ValueError(
+            f"order must be >= 4 (C^2 splines for quadrupole forces), got {order}"
+        )
     if max_multipole_order not in (0, 1, 2):
-        raise ValueError(f"max_multipole_order must be 0, 1 or 2, got {max_multipole_order}")
+        raise ValueError(
+            f"max_multipole_order must be 0, 1 or 2, got {max_multipole_order}"
+        )
     shape = mesh_shape_for(
         cell,
         sigma=sigma,
@@ -258,18 +275,23 @@ def prepare_pme(
         mesh_spacing=mesh_spacing,
         max_multipole_order=max_multipole_order,
     )
-    return PMESpec(mesh_shape=shape, order=order, sigma=float(sigma), accuracy=float(accuracy))
+    return PMESpec(
+        mesh_shape=shape, order=order, sigma=float(sigma), accuracy=float(accuracy)
+    )
 
 
 def _bspline_values_at_integers(order):
     """M_p(k) for k = 0..p (numpy float64)."""
+
     # M_2(x) = 1 - |x - 1| on [0, 2]; recursion of Essmann et al. eq. 4.1
     def m(n, x):
         if n == 2:
             return max(0.0, 1.0 - abs(x - 1.0))
         return (x * m(n - 1, x) + (n - x) * m(n - 1, x - 1.0)) / (n - 1)
 
-    return np.array([m(order, float(k)) if 0 < k < order else 0.0 for k in range(order + 1)])
+    return np.array(
+        [m(order, float(k)) if 0 < k < order else 0.0 for k in range(order + 1)]
+    )
 
 
 def _spline_modulus_sq(size, order):
@@ -280,11 +302,11 @@ def _spline_modulus_sq(size, order):
     re = (mk * np.cos(phase)).sum(1)
     im = (mk * np.sin(phase)).sum(1)
     mod = re**2 + im**2
-    # odd orders vanish at m = K/2; that mode is dropped anyway (Nyquist), keep it finite
+    # odd orders vanish at m = K/2; that mode is dropped anyway (Nyquist): keep finite
     return np.where(mod < 1e-10, 1.0, mod)
 
 
-# ----------------------------------------------------------------------------- traced side
+# -------------------------------------------------------------------------- traced side
 
 
 def bspline_weights(t, order, num_derivatives=0):
@@ -304,7 +326,8 @@ def bspline_weights(t, order, num_derivatives=0):
     """
 
     def descending(n):
-        # w[k] = M_n(t + k), k = 0..n-1, by M_n(x) = (x M_{n-1}(x) + (n-x) M_{n-1}(x-1))/(n-1)
+        # w[k] = M_n(t + k), k = 0..n-1, from
+        # M_n(x) = (x M_{n-1}(x) + (n-x) M_{n-1}(x-1))/(n-1)
         w = [t, 1.0 - t]
         for m in range(3, n + 1):
             new = []
@@ -355,7 +378,7 @@ def _wavevectors_sq(cell, mesh_shape, dtype):
 
 
 def _static_mode_factors(mesh_shape, order):
-    """Half-space weights w_m / |D(m)|^2 with m = 0 and Nyquist planes zeroed (numpy)."""
+    """Half-space weights w_m / |D(m)|^2; m = 0 and Nyquist planes zeroed (numpy)."""
     k1, k2, k3 = mesh_shape
     d1 = 1.0 / _spline_modulus_sq(k1, order)
     d2 = 1.0 / _spline_modulus_sq(k2, order)
@@ -378,7 +401,7 @@ def _influence(cell, spec, sigma, dtype):
     ksq = _wavevectors_sq(cell, spec.mesh_shape, dtype)
     fac = jnp.asarray(_static_mode_factors(spec.mesh_shape, spec.order), dtype)
     keep = fac != 0
-    # double where: k = 0 (and dropped modes) get k^2 = 1 so 1/k^2 stays finite under grad
+    # double where: k = 0 (and dropped modes) get k^2 = 1: 1/k^2 stays finite under grad
     safe_ksq = jnp.where(keep, ksq, 1.0)
     g = jnp.exp(-0.5 * sigma**2 * safe_ksq) / safe_ksq
     return jnp.where(keep, g * fac, 0.0)
@@ -413,7 +436,14 @@ def _spread(positions, cell, q, mu, theta, spec):
         C = C.at[:, 0, 0, 0].set(q)
         if mu is not None:
             d = (mu @ cell_inv) * kvec  # (N, 3): d_a = K_a (mu M^-1)_a
-            C = C.at[:, 1, 0, 0].set(d[:, 0]).at[:, 0, 1, 0].set(d[:, 1]).at[:, 0, 0, 1].set(d[:, 2])
+            C = (
+                C.at[:, 1, 0, 0]
+                .set(d[:, 0])
+                .at[:, 0, 1, 0]
+                .set(d[:, 1])
+                .at[:, 0, 0, 1]
+                .set(d[:, 2])
+            )
         if theta is not None:
             th = jnp.einsum("ca,ncd,db->nab", cell_inv, theta, cell_inv)
             th = th * kvec[None, :, None] * kvec[None, None, :]
@@ -424,11 +454,16 @@ def _spread(positions, cell, q, mu, theta, spec):
             C = C.at[:, 1, 1, 0].add(0.5 * (th[:, 0, 1] + th[:, 1, 0]))
             C = C.at[:, 1, 0, 1].add(0.5 * (th[:, 0, 2] + th[:, 2, 0]))
             C = C.at[:, 0, 1, 1].add(0.5 * (th[:, 1, 2] + th[:, 2, 1]))
-        # values[n,i,j,k] = sum_abc C[n,a,b,c] A1[n,a,i] A2[n,b,j] A3[n,c,k], one axis at a
+        # values[n,i,j,k] = sum_abc C[n,a,b,c] A1[n,a,i] A2[n,b,j] A3[n,c,k], one axis
+        # at a
         # time with broadcast products (tiny batched matmuls are slow on CPU)
         A1, A2, A3 = A[:, 0], A[:, 1], A[:, 2]  # (N, nd, p)
-        T = jnp.sum(C[:, :, :, :, None] * A3[:, None, None, :, :], axis=3)  # (N, nd, nd, p)
-        U = jnp.sum(T[:, :, :, None, :] * A2[:, None, :, :, None], axis=2)  # (N, nd, p, p)
+        T = jnp.sum(
+            C[:, :, :, :, None] * A3[:, None, None, :, :], axis=3
+        )  # (N, nd, nd, p)
+        U = jnp.sum(
+            T[:, :, :, None, :] * A2[:, None, :, :, None], axis=2
+        )  # (N, nd, p, p)
         values = jnp.sum(U[:, :, None, :, :] * A1[:, :, :, None, None], axis=1)
     assert values.shape == (n, p, p, p)
 
@@ -499,7 +534,9 @@ def pme_energy(positions, cell, q, mu, theta, spec, *, sigma, atom_mask=None):
         positions = jnp.where(atom_mask[:, None], positions, 0.0)
         q = jnp.where(atom_mask, q, 0.0)
         mu = None if mu is None else jnp.where(atom_mask[:, None], mu, 0.0)
-        theta = None if theta is None else jnp.where(atom_mask[:, None, None], theta, 0.0)
+        theta = (
+            None if theta is None else jnp.where(atom_mask[:, None, None], theta, 0.0)
+        )
 
     mesh = _spread(positions, cell, q, mu, theta, spec)
     F = jnp.fft.rfftn(mesh)
@@ -510,13 +547,15 @@ def pme_energy(positions, cell, q, mu, theta, spec, *, sigma, atom_mask=None):
 
 
 def pme_potential_field(positions, cell, q, mu, theta, spec, *, sigma, atom_mask=None):
-    """Reciprocal-space potential and field at the atoms, phi_i = dE/dq_i, E_i = -dE/dmu_i.
+    """Reciprocal-space potential phi_i = dE/dq_i and field E_i = -dE/dmu_i at atoms.
 
-    Derivatives of :func:`pme_energy` (exactly consistent with it: a mesh gather with the
+    Derivatives of :func:`pme_energy` (exactly consistent with it: a mesh gather with
+    the
     spline weights and their derivatives).  **Self terms are included** (they belong to
     the bare reciprocal sum); remove them with
     ``polmp.electrostatics.multipoles.self_potential_field`` (for traceless Theta:
-    phi_self = q_i/(eps0 (2 pi)^(3/2) sigma), E_self = -mu_i/(3 eps0 (2 pi)^(3/2) sigma^3)).
+    phi_self = q_i/(eps0 (2 pi)^(3/2) sigma),
+    E_self = -mu_i/(3 eps0 (2 pi)^(3/2) sigma^3)).
 
     Args:
         positions, cell, q, mu, theta, spec, sigma, atom_mask: as in :func:`pme_energy`
@@ -532,7 +571,37 @@ def pme_potential_field(positions, cell, q, mu, theta, spec, *, sigma, atom_mask
     mu = jnp.zeros(positions.shape, dtype) if mu is None else jnp.asarray(mu, dtype)
 
     def energy(q_, mu_):
-        return pme_energy(positions, cell, q_, mu_, theta, spec, sigma=sigma, atom_mask=atom_mask)
+        return pme_energy(
+            positions, cell, q_, mu_, theta, spec, sigma=sigma, atom_mask=atom_mask
+        )
 
     phi, dmu = jax.grad(energy, argnums=(0, 1))(q, mu)
     return phi, -dmu
+
+
+def pme_energy_potential_field(
+    positions, cell, q, mu, theta, spec, *, sigma, atom_mask=None
+):
+    """:func:`pme_energy` and :func:`pme_potential_field` in one pass (one spread, one
+    forward and one inverse FFT), the form response models need.
+
+    Args:
+        positions, cell, q, mu, theta, spec, sigma, atom_mask: as in :func:`pme_energy`.
+
+    Returns:
+        energy: Float[Array, ''], eV (self energy included).
+        phi: Float[Array, 'N'], V (self potential included).
+        field: Float[Array, 'N 3'], V/A (self field included).
+    """
+    positions = jnp.asarray(positions)
+    dtype = positions.dtype
+    q = jnp.asarray(q, dtype)
+    mu = jnp.zeros(positions.shape, dtype) if mu is None else jnp.asarray(mu, dtype)
+
+    def energy(q_, mu_):
+        return pme_energy(
+            positions, cell, q_, mu_, theta, spec, sigma=sigma, atom_mask=atom_mask
+        )
+
+    e, (phi, dmu) = jax.value_and_grad(energy, argnums=(0, 1))(q, mu)
+    return e, phi, -dmu
