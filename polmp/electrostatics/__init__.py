@@ -14,9 +14,9 @@ moments, self-consistent reference, slab correction).
 """
 
 from polmp.electrostatics.api import (  # noqa: F401
-    AUTO_PME_MIN_ATOMS,
     LongRange,
     Solver,
+    choose_method,
     long_range,
     prepare_direct,
     prepare_ewald,

@@ -32,8 +32,9 @@ Bundle contract (jax-pme style, a NamedTuple of static data and pure closures):
 Methods: ``"ewald"`` (reciprocal sum, :mod:`~polmp.electrostatics.ewald`), ``"pme"``
 (smooth PME, :mod:`~polmp.electrostatics.pme`), ``"direct"`` (non-periodic all pairs,
 :mod:`~polmp.electrostatics.direct`), ``"auto"``: direct for ``cell=None``, otherwise
-Ewald below :data:`AUTO_PME_MIN_ATOMS` atoms and PME from there on (crossover measured
-for energy + forces of water, see ``docs/electrostatics.md``).
+the cheaper of Ewald and PME by a measured cost model (:func:`choose_method`; the
+crossover is ~25-400 atoms at water density depending on the multipole order, see
+``docs/electrostatics.md``).
 
 Latent channels: q (N, C), mu (N, C, 3), theta (N, C, 3, 3) are C independent sets of
 multipoles (channel energies add); kappa and alpha may be per atom or per atom and
@@ -63,13 +64,17 @@ __all__ = [
     "prepare_direct",
     "prepare_solver",
     "validate_inputs",
-    "AUTO_PME_MIN_ATOMS",
+    "choose_method",
     "FLOAT32_MIN_ACCURACY",
     "METHODS",
 ]
 
-#: ``method="auto"`` uses PME from this many (real) atoms on, Ewald below (periodic).
-AUTO_PME_MIN_ATOMS: int = 1000
+#: Cost model of ``method="auto"`` (seconds per unit, energy + forces, float32, jitted,
+#: measured on the project's 2-core CPU with the 192/1536-atom water frames): Ewald costs
+#: ~65 ns per (atom x half-space k-vector), PME ~22 ns per mesh point (FFTs, influence
+#: function and spreading together).  ``auto`` picks the cheaper estimate.
+COST_EWALD_PER_ATOM_K: float = 65e-9
+COST_PME_PER_MESH_POINT: float = 22e-9
 
 #: Smallest ``accuracy`` accepted for float32 inputs (the float32 floor of the
 #: reciprocal sums is ~1e-6 relative to the self energy).
@@ -428,14 +433,60 @@ def _cached_kgrid(cell_bytes, sigma, accuracy, les_compat, order):
     )
 
 
-def _choose_method(method, cell, positions, atom_mask):
-    if method != "auto":
-        return method
+def choose_method(
+    cell, num_atoms, *, sigma=1.0, accuracy=1e-6, max_multipole_order=2, pme_order=6
+) -> str:
+    """The method ``"auto"`` resolves to: direct, or the cheaper of Ewald and PME.
+
+    Ewald costs ~ N M with M = V k_c^3 / (12 pi^2) half-space vectors, PME ~ the number
+    of mesh points (from :func:`polmp.electrostatics.pme.mesh_shape_for`); the
+    constants :data:`COST_EWALD_PER_ATOM_K` and :data:`COST_PME_PER_MESH_POINT` were
+    measured (``docs/electrostatics.md``).  Since both M and the mesh grow with V, the
+    crossover is an atom count that depends on the multipole order and accuracy: at
+    water density (10 A^3 per atom) it is ~25 atoms for charges, ~70 with dipoles and
+    ~400 with quadrupoles at accuracy 1e-6 (~6 / 9 / 21 at 1e-4, ~130 / 650 / none at
+    1e-8: the PME mesh for quadrupoles must be very fine).  Host function.
+
+    Args:
+        cell: (3, 3) array or None.
+        num_atoms: number of real atoms.
+        sigma, accuracy: as :func:`long_range`.
+        max_multipole_order: 0, 1 or 2.
+        pme_order: B-spline order of PME.
+
+    Returns:
+        ``"direct"``, ``"ewald"`` or ``"pme"``.
+    """
     if cell is None:
         return "direct"
+    cell = np.asarray(cell, dtype=np.float64)
+    k_c = kgrid.k_cutoff_for_accuracy(sigma, accuracy, max_multipole_order)
+    num_k = abs(np.linalg.det(cell)) * k_c**3 / (12.0 * np.pi**2)
+    mesh = pme.mesh_shape_for(
+        cell,
+        sigma=sigma,
+        accuracy=accuracy,
+        order=pme_order,
+        max_multipole_order=max_multipole_order,
+    )
+    cost_ewald = COST_EWALD_PER_ATOM_K * max(int(num_atoms), 1) * num_k
+    cost_pme = COST_PME_PER_MESH_POINT * float(np.prod(mesh))
+    return "ewald" if cost_ewald <= cost_pme else "pme"
+
+
+def _choose_method(method, cell_np, positions, atom_mask, *, sigma, accuracy, order, pme_order):
+    if method != "auto":
+        return method
     mask = _concrete(atom_mask, "atom_mask")
     n = int(np.sum(mask)) if mask is not None else jnp.shape(positions)[0]
-    return "pme" if n >= AUTO_PME_MIN_ATOMS else "ewald"
+    return choose_method(
+        cell_np,
+        n,
+        sigma=sigma,
+        accuracy=accuracy,
+        max_multipole_order=order,
+        pme_order=pme_order,
+    )
 
 
 def long_range(
@@ -517,7 +568,16 @@ def long_range(
                 "it needs a cell and method='ewald' (or 'auto')"
             )
         method = "ewald"
-    method = _choose_method(method, cell, positions, atom_mask)
+    method = _choose_method(
+        method,
+        cell_np,
+        positions,
+        atom_mask,
+        sigma=float(sigma),
+        accuracy=float(accuracy),
+        order=_multipole_order(mu, theta),
+        pme_order=pme_order,
+    )
     spec = None
     if method == "ewald":
         spec = _cached_kgrid(
@@ -679,14 +739,24 @@ def prepare_direct(*, sigma=1.0, chunk_size=None) -> Solver:
     return _make_solver("direct", None, sigma, chunk_size=chunk_size)
 
 
-def prepare_solver(cell, *, method="auto", num_atoms=None, sigma=1.0, accuracy=1e-6, **kwargs):
+def prepare_solver(
+    cell,
+    *,
+    method="auto",
+    num_atoms=None,
+    sigma=1.0,
+    accuracy=1e-6,
+    max_multipole_order=2,
+    **kwargs,
+):
     """Prepare the solver ``long_range`` would use.  Not jittable.
 
     Args:
         cell: (3, 3) array or None.
         method: as :func:`long_range`.
-        num_atoms: number of real atoms (for ``"auto"``); None counts as small.
+        num_atoms: number of real atoms (for ``"auto"``, see :func:`choose_method`).
         sigma, accuracy: as :func:`long_range`.
+        max_multipole_order: 0, 1 or 2 (sets k_c or the mesh).
         **kwargs: passed to the specific ``prepare_*``.
 
     Returns:
@@ -695,10 +765,14 @@ def prepare_solver(cell, *, method="auto", num_atoms=None, sigma=1.0, accuracy=1
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     if method == "auto":
-        if cell is None:
-            method = "direct"
-        else:
-            method = "pme" if (num_atoms or 0) >= AUTO_PME_MIN_ATOMS else "ewald"
+        method = choose_method(
+            cell,
+            num_atoms or 1,
+            sigma=sigma,
+            accuracy=accuracy,
+            max_multipole_order=max_multipole_order,
+            pme_order=kwargs.get("order", 6),
+        )
     if method == "direct":
         if cell is not None:
             raise ValueError("method='direct' is non-periodic; pass cell=None")
@@ -706,5 +780,13 @@ def prepare_solver(cell, *, method="auto", num_atoms=None, sigma=1.0, accuracy=1
     if cell is None:
         raise ValueError(f"method={method!r} needs a periodic cell")
     if method == "pme":
-        return prepare_pme_solver(cell, sigma=sigma, accuracy=accuracy, **kwargs)
-    return prepare_ewald(cell, sigma=sigma, accuracy=accuracy, **kwargs)
+        return prepare_pme_solver(
+            cell,
+            sigma=sigma,
+            accuracy=accuracy,
+            max_multipole_order=max_multipole_order,
+            **kwargs,
+        )
+    return prepare_ewald(
+        cell, sigma=sigma, accuracy=accuracy, max_multipole_order=max_multipole_order, **kwargs
+    )
