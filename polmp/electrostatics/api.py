@@ -337,8 +337,8 @@ def _elec(method, spec, sigma, positions, cell, m, atom_mask, chunk_size):
     if method == "pme":
 
         def one(qc, muc, thc):
-            e = pme.pme_energy(positions, cell, qc, muc, thc, spec, sigma=sigma, atom_mask=atom_mask)
-            phi, field = pme.pme_potential_field(
+            # one spread and FFT pair for energy, potential and field (self included)
+            e, phi, field = pme.pme_energy_potential_field(
                 positions, cell, qc, muc, thc, spec, sigma=sigma, atom_mask=atom_mask
             )
             e = e - mp.self_energy(qc, muc, thc, sigma=sigma, atom_mask=atom_mask)
