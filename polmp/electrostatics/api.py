@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 #: Cost model of ``method="auto"`` (seconds per unit, energy + forces, float32, jitted,
-#: measured on the project's 2-core CPU with the 192/1536-atom water frames): Ewald costs
+#: measured on the project's 2-core CPU, 192/1536-atom water frames): Ewald costs
 #: ~65 ns per (atom x half-space k-vector), PME ~22 ns per mesh point (FFTs, influence
 #: function and spreading together).  ``auto`` picks the cheaper estimate.
 COST_EWALD_PER_ATOM_K: float = 65e-9
@@ -94,7 +94,7 @@ class LongRange(NamedTuple):
         phi: Float[Array, 'N'] (or 'N C'), potential of the permanent multipoles, V.
         field: Float[Array, 'N 3'] (or 'N C 3'), field of the permanent multipoles, V/A.
         dq: Float[Array, 'N'] (or 'N C') induced charges, e, or None without kappa.
-        dmu: Float[Array, 'N 3'] (or 'N C 3') induced dipoles, e A, or None without alpha.
+        dmu: Float[Array, 'N 3'] (or 'N C 3') induced dipoles, e A (None: no alpha).
     """
 
     energy: jax.Array
@@ -153,11 +153,14 @@ def _check_finite(arr, name):
 
 
 def _check_symmetric(arr, name):
-    scale = max(float(np.max(np.abs(arr))), np.finfo(np.float64).tiny) if arr.size else 1.0
+    scale = (
+        max(float(np.max(np.abs(arr))), np.finfo(np.float64).tiny) if arr.size else 1.0
+    )
     asym = float(np.max(np.abs(arr - np.swapaxes(arr, -1, -2)))) if arr.size else 0.0
     if asym > _SYMMETRY_RTOL * scale:
         raise ValueError(
-            f"{name} must be symmetric (max |A - A^T| = {asym:.3g}, max |A| = {scale:.3g})"
+            f"{name} must be symmetric (max |A - A^T| = {asym:.3g}, "
+            f"max |A| = {scale:.3g})"
         )
 
 
@@ -260,10 +263,14 @@ def validate_inputs(
             raise ValueError(f"e_ext must have shape (3,), got {jnp.shape(e_ext)}")
         _check_finite(_concrete(e_ext, "e_ext"), "e_ext")
     if atom_mask is not None and jnp.shape(atom_mask) != (n,):
-        raise ValueError(f"atom_mask must have shape ({n},), got {jnp.shape(atom_mask)}")
+        raise ValueError(
+            f"atom_mask must have shape ({n},), got {jnp.shape(atom_mask)}"
+        )
 
     if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"sigma must be a finite non-negative number (A), got {sigma!r}")
+        raise ValueError(
+            f"sigma must be a finite non-negative number (A), got {sigma!r}"
+        )
     if not (isinstance(accuracy, (int, float)) and 0 < accuracy < 1):
         raise ValueError(f"accuracy must be a number in (0, 1), got {accuracy!r}")
     if dtype == jnp.float32 and accuracy < FLOAT32_MIN_ACCURACY:
@@ -291,7 +298,8 @@ def validate_inputs(
         if cv is None:
             raise ValueError(
                 "long_range needs a concrete cell to prepare the k-space sum; inside "
-                "jax.jit use prepare_ewald(...)/prepare_pme_solver(...) outside and call "
+                "jax.jit use prepare_ewald(...)/prepare_pme_solver(...) outside and "
+                "call "
                 "solver.long_range_fn(...) with the traced cell"
             )
         cell_np = validate_cell(cv)
@@ -383,7 +391,7 @@ def _long_range_core(
     slab_axis,
     chunk_size,
 ):
-    """Pure, jittable long-range energy, potential, field and response (channel aware)."""
+    """Pure, jittable long-range energy, potential, field and response (channels)."""
     positions = jnp.asarray(positions)
     dtype = positions.dtype
     cell = None if cell is None else jnp.asarray(cell, dtype)
@@ -392,7 +400,9 @@ def _long_range_core(
         return None if x is None else jnp.asarray(x, dtype)
 
     m = mp.to_channels(cast(q), cast(mu), cast(theta))
-    e, phi, field = _elec(method, spec, sigma, positions, cell, m, atom_mask, chunk_size)
+    e, phi, field = _elec(
+        method, spec, sigma, positions, cell, m, atom_mask, chunk_size
+    )
     energy = jnp.sum(e)
     if slab_axis is not None:
         energy = energy + response.slab_correction(
@@ -429,7 +439,11 @@ _long_range_jit = jax.jit(
 def _cached_kgrid(cell_bytes, sigma, accuracy, les_compat, order):
     cell = np.frombuffer(cell_bytes, dtype=np.float64).reshape(3, 3)
     return kgrid.prepare_kgrid(
-        cell, sigma=sigma, accuracy=accuracy, les_compat=les_compat, max_multipole_order=order
+        cell,
+        sigma=sigma,
+        accuracy=accuracy,
+        les_compat=les_compat,
+        max_multipole_order=order,
     )
 
 
@@ -474,7 +488,9 @@ def choose_method(
     return "ewald" if cost_ewald <= cost_pme else "pme"
 
 
-def _choose_method(method, cell_np, positions, atom_mask, *, sigma, accuracy, order, pme_order):
+def _choose_method(
+    method, cell_np, positions, atom_mask, *, sigma, accuracy, order, pme_order
+):
     if method != "auto":
         return method
     mask = _concrete(atom_mask, "atom_mask")
@@ -628,7 +644,15 @@ def _make_solver(method, spec, sigma, *, slab_axis=None, chunk_size=None) -> Sol
     )
 
     def long_range_fn(
-        positions, cell, q, mu=None, theta=None, kappa=None, alpha=None, e_ext=None, atom_mask=None
+        positions,
+        cell,
+        q,
+        mu=None,
+        theta=None,
+        kappa=None,
+        alpha=None,
+        e_ext=None,
+        atom_mask=None,
     ):
         return core(positions, cell, q, mu, theta, kappa, alpha, e_ext, atom_mask)
 
@@ -701,13 +725,15 @@ def prepare_ewald(
         max_multipole_order=max_multipole_order,
         margin=margin,
     )
-    return _make_solver("ewald", spec, float(sigma), slab_axis=slab_axis, chunk_size=chunk_size)
+    return _make_solver(
+        "ewald", spec, float(sigma), slab_axis=slab_axis, chunk_size=chunk_size
+    )
 
 
 def prepare_pme_solver(
     cell, *, sigma=1.0, accuracy=1e-6, order=6, max_multipole_order=2, slab_axis=None
 ) -> Solver:
-    """Prepare a smooth-PME solver (mesh from :func:`polmp.electrostatics.pme.prepare_pme`).
+    """Prepare a PME solver (mesh from :func:`~polmp.electrostatics.pme.prepare_pme`).
 
     Args:
         cell: (3, 3) array, rows are lattice vectors, A.
@@ -721,7 +747,11 @@ def prepare_pme_solver(
         :class:`Solver` with method ``"pme"`` and a ``PMESpec``.
     """
     spec = pme.prepare_pme(
-        cell, sigma=sigma, accuracy=accuracy, order=order, max_multipole_order=max_multipole_order
+        cell,
+        sigma=sigma,
+        accuracy=accuracy,
+        order=order,
+        max_multipole_order=max_multipole_order,
     )
     return _make_solver("pme", spec, float(sigma), slab_axis=slab_axis)
 
@@ -788,5 +818,9 @@ def prepare_solver(
             **kwargs,
         )
     return prepare_ewald(
-        cell, sigma=sigma, accuracy=accuracy, max_multipole_order=max_multipole_order, **kwargs
+        cell,
+        sigma=sigma,
+        accuracy=accuracy,
+        max_multipole_order=max_multipole_order,
+        **kwargs,
     )

@@ -2,7 +2,7 @@
 
 Implements method.md sections 3 and 5 for periodic cells::
 
-    E_elec = 1/(2 eps0 V) sum_{k in half space, 0 < |k| <= k_c} 2 exp(-sigma^2 k^2/2)/k^2
+    E_elec = 1/(2 eps0 V) sum_{k in half space, 0<|k|<=k_c} 2 exp(-sigma^2 k^2/2)/k^2
              |S(k)|^2 - E_self,
     S(k)   = sum_i [q_i + i k.mu_i - 1/2 k^T Theta_i k] exp(i k.r_i),
 
@@ -68,7 +68,7 @@ __all__ = [
     "default_chunk_size",
 ]
 
-#: Target number of (atom x channel x k) elements per chunk (~16 MB of float64 per array).
+#: Target number of (atom x channel x k) elements per chunk (~16 MB per float64 array).
 _CHUNK_ELEMENTS = 2**21
 
 
@@ -100,7 +100,9 @@ def _masked(positions, m, atom_mask):
     positions = jnp.where(mask[:, None], positions, 0.0)
     q = jnp.where(mask[:, None], m.q, 0.0)
     mu = None if m.mu is None else jnp.where(mask[:, None, None], m.mu, 0.0)
-    theta = None if m.theta is None else jnp.where(mask[:, None, None, None], m.theta, 0.0)
+    theta = (
+        None if m.theta is None else jnp.where(mask[:, None, None, None], m.theta, 0.0)
+    )
     return positions, mp.Multipoles(q, mu, theta, m.has_channels)
 
 
@@ -146,6 +148,18 @@ def _bare_sum(positions, cell, m, indices, sigma, chunk_size, with_potential):
     frac = frac - jax.lax.stop_gradient(jnp.floor(frac))
     sigma = jnp.asarray(sigma, dtype)
 
+    # Per-atom coefficient matrix W (N, C, 1 + 3 + 9): S(k) is contracted as
+    # W^T [cos | sin] (two matmuls over atoms) and only then with k, so no (N, C, K)
+    # array is ever formed for q and mu, and BLAS does the heavy lifting.
+    cols = [m.q[:, :, None]]
+    if m.mu is not None:
+        cols.append(m.mu)
+    if m.theta is not None:
+        cols.append(m.theta.reshape(n, c, 9))
+    coef = jnp.concatenate(cols, axis=-1)  # (N, C, P)
+    num_p = coef.shape[-1]
+    coef_flat = coef.reshape(n, c * num_p)
+
     def chunk_terms(n_int):
         nf = n_int.astype(dtype)  # (K, 3)
         kvec = nf @ recip  # (K, 3)
@@ -153,15 +167,23 @@ def _bare_sum(positions, cell, m, indices, sigma, chunk_size, with_potential):
         valid = jnp.any(n_int != 0, axis=-1)
         safe_k2 = jnp.where(valid, k2, 1.0)
         # weight 2: the half space stands for +k and -k
-        green = jnp.where(valid, 2.0 * jnp.exp(-0.5 * sigma**2 * safe_k2) / safe_k2, 0.0)
+        green = jnp.where(
+            valid, 2.0 * jnp.exp(-0.5 * sigma**2 * safe_k2) / safe_k2, 0.0
+        )
         phase = 2.0 * math.pi * (frac @ nf.T)  # (N, K)
         cos, sin = jnp.cos(phase), jnp.sin(phase)
-        a, b = mp._coefficients(kvec, m.q, m.mu, m.theta)  # (N, C, K)
-        re = jnp.einsum("nck,nk->ck", a, cos)
-        im = jnp.einsum("nck,nk->ck", a, sin)
-        if b is not None:
-            re = re - jnp.einsum("nck,nk->ck", b, sin)
-            im = im + jnp.einsum("nck,nk->ck", b, cos)
+        cw = (coef_flat.T @ cos).reshape(c, num_p, -1)  # sum_i W_i cos_ik, (C, P, K)
+        sw = (coef_flat.T @ sin).reshape(c, num_p, -1)
+        # S = sum_i (a_i + i b_i)(cos + i sin), a = q - 1/2 k^T Theta k, b = k . mu
+        re, im = cw[:, 0], sw[:, 0]
+        if m.mu is not None:
+            re = re - jnp.einsum("cak,ka->ck", sw[:, 1:4], kvec)
+            im = im + jnp.einsum("cak,ka->ck", cw[:, 1:4], kvec)
+        if m.theta is not None:
+            kk = (kvec[:, :, None] * kvec[:, None, :]).reshape(-1, 9)  # (K, 9)
+            off = num_p - 9
+            re = re - 0.5 * jnp.einsum("cpk,kp->ck", cw[:, off:], kk)
+            im = im - 0.5 * jnp.einsum("cpk,kp->ck", sw[:, off:], kk)
         energy = jnp.sum(green * (re * re + im * im), axis=-1)  # (C,)
         return kvec, green, cos, sin, re, im, energy
 
@@ -181,13 +203,18 @@ def _bare_sum(positions, cell, m, indices, sigma, chunk_size, with_potential):
         kvec, green, cos, sin, re, im, energy = chunk_terms(n_int)
         # d|S|^2/dq_i = 2 Re[S^* e^{ik.r_i}] = 2 (re cos_i + im sin_i)
         gre, gim = green * re, green * im  # (C, K)
-        phi = 2.0 * (jnp.einsum("ck,nk->nc", gre, cos) + jnp.einsum("ck,nk->nc", gim, sin))
+        phi = 2.0 * (cos @ gre.T + sin @ gim.T)  # (N, C)
         # -d|S|^2/dmu_i = 2 k Im[S^* e^{ik.r_i}] = 2 k (re sin_i - im cos_i)
-        w = jnp.einsum("ck,nk->nck", gre, sin) - jnp.einsum("ck,nk->nck", gim, cos)
-        field = 2.0 * jnp.einsum("nck,ka->nca", w, kvec)
+        kre = (gre[:, :, None] * kvec[None]).reshape(c, -1, 3)  # (C, K, 3)
+        kim = (gim[:, :, None] * kvec[None]).reshape(c, -1, 3)
+        field = 2.0 * (
+            jnp.einsum("nk,cka->nca", sin, kre) - jnp.einsum("nk,cka->nca", cos, kim)
+        )
         return (e_acc + energy, phi_acc + phi, field_acc + field), None
 
-    (energy, phi, field), _ = jax.lax.scan(body_pot, (zero_e, zero_phi, zero_field), idx)
+    (energy, phi, field), _ = jax.lax.scan(
+        body_pot, (zero_e, zero_phi, zero_field), idx
+    )
     return prefactor * energy, prefactor * phi, prefactor * field
 
 
@@ -211,7 +238,7 @@ def _unchannel_energy(e, m):
 def reciprocal_energy(
     positions, cell, q, mu, theta, kgrid, *, sigma, atom_mask=None, chunk_size=None
 ):
-    """Bare reciprocal sum 1/(2 eps0 V) sum_{k != 0} G(k) |S(k)|^2, self energy included.
+    """Bare reciprocal sum 1/(2 eps0 V) sum_{k != 0} G(k) |S(k)|^2 (self energy in it).
 
     Args:
         positions: Float[Array, 'N 3'], A.
@@ -232,7 +259,9 @@ def reciprocal_energy(
     return _unchannel_energy(e, m)
 
 
-def ewald_energy(positions, cell, q, mu, theta, kgrid, *, sigma, atom_mask=None, chunk_size=None):
+def ewald_energy(
+    positions, cell, q, mu, theta, kgrid, *, sigma, atom_mask=None, chunk_size=None
+):
     """E_elec of smeared multipoles in a periodic cell (method.md eq. 3, self removed).
 
     Args:
@@ -264,7 +293,9 @@ def ewald_energy_potential_field(
         Padded atoms get phi = 0 and field = 0.
     """
     positions, cell, m = _prepare(positions, cell, q, mu, theta, atom_mask)
-    e, phi, field = _bare_sum(positions, cell, m, _indices(kgrid), sigma, chunk_size, True)
+    e, phi, field = _bare_sum(
+        positions, cell, m, _indices(kgrid), sigma, chunk_size, True
+    )
     e = e - mp.self_energy(m.q, m.mu, m.theta, sigma=sigma)
     phi_self, field_self = mp.self_potential_field(m.q, m.mu, m.theta, sigma=sigma)
     phi, field = phi - phi_self, field - field_self

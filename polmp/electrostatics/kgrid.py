@@ -140,7 +140,9 @@ def k_cutoff_for_accuracy(sigma: float, accuracy: float, max_multipole_order: in
     if not 0 < accuracy < 1:
         raise ValueError(f"accuracy must be in (0, 1), got {accuracy}")
     if max_multipole_order not in (0, 1, 2):
-        raise ValueError(f"max_multipole_order must be 0, 1 or 2, got {max_multipole_order}")
+        raise ValueError(
+            f"max_multipole_order must be 0, 1 or 2, got {max_multipole_order}"
+        )
     a = max_multipole_order + 0.5
     lo, hi = 0.0, 1.0
     while gammaincc(a, hi) > accuracy:
@@ -212,7 +214,7 @@ def prepare_kgrid(
         les_compat: use exactly 0 < |k| <= 2 pi / 2.0 A^-1 (inclusive), the reference
             implementation's set.
         max_multipole_order: highest multipole order l the sum will see (0, 1, 2).
-        margin: relative enlargement of k_c, >= 0 (for cells that will deform, e.g. NPT).
+        margin: relative enlargement of k_c, >= 0 (for deforming cells, e.g. NPT).
 
     Returns:
         :class:`KGrid`.

@@ -1,10 +1,11 @@
-"""Gaussian-smeared point multipoles: latent normalisation, structure factor, self energy.
+"""Gaussian-smeared point multipoles: latent channels, structure factor, self energy.
 
 Conventions (method.md section 2, written down once here)
 ---------------------------------------------------------
 Atom i carries a charge q_i (e), a dipole mu_i (e A) and a symmetric quadrupole
 Theta_i (e A^2) in the *primitive second-moment* convention: a set of point charges
-c_a at offsets s_a from r_i has ``mu = sum_a c_a s_a`` and ``Theta = sum_a c_a s_a s_a^T``
+c_a at offsets s_a from r_i has ``mu = sum_a c_a s_a`` and
+``Theta = sum_a c_a s_a s_a^T``
 (polmp's latent quadrupoles are traceless; every formula here is also valid for a
 symmetric Theta with a trace).  The Fourier transform of atom i's density is
 ``q_i + i k.mu_i - 1/2 k^T Theta_i k`` times ``exp(i k.r_i)``, so::
@@ -103,7 +104,7 @@ def to_channels(q, mu=None, theta=None) -> Multipoles:
         theta: Float[Array, 'N 3 3'] or Float[Array, 'N C 3 3'], e A^2, or None.
 
     Returns:
-        :class:`Multipoles` with q (N, C), mu (N, C, 3) or None, theta (N, C, 3, 3) or None.
+        :class:`Multipoles`: q (N, C), mu (N, C, 3) or None, theta (N, C, 3, 3) or None.
 
     Raises:
         ValueError: shapes that do not fit together.
@@ -128,11 +129,14 @@ def to_channels(q, mu=None, theta=None) -> Multipoles:
             x = x[:, None]
             return jnp.broadcast_to(x, multi) if c > 1 else x
         want = f"{single}" + (f" or {multi}" if has_channels else "")
-        raise ValueError(f"{name} must have shape {want} to match q {q.shape}, got {x.shape}")
+        raise ValueError(
+            f"{name} must have shape {want} to match q {q.shape}, got {x.shape}"
+        )
 
     if not has_channels and mu is not None and jnp.ndim(mu) == 3:
         raise ValueError(
-            f"mu has a channel axis {jnp.shape(mu)} but q {q.shape} does not; pass q as (N, C)"
+            f"mu has a channel axis {jnp.shape(mu)} but q {q.shape} does not; "
+            "pass q as (N, C)"
         )
     if not has_channels and theta is not None and jnp.ndim(theta) == 4:
         raise ValueError(

@@ -4,7 +4,8 @@ One-shot (non-self-consistent) response, computed once from the potential phi_i 
 field E_i of the *permanent* multipoles (self terms removed)::
 
     dq_i  = -kappa_i phi_i                      U_iq = -1/2 sum_i kappa_i phi_i^2
-    dmu_i =  alpha_i (E_i + E_ext)              U_iu = -1/2 sum_i (E_i + E_ext)^T alpha_i (E_i + E_ext)
+    dmu_i =  alpha_i (E_i + E_ext)
+    U_iu  = -1/2 sum_i (E_i + E_ext)^T alpha_i (E_i + E_ext)
     E_lr  = E_elec[q, mu, Theta] + U_iq + U_iu
 
 kappa_i >= 0 (e^2/eV) is a softness; alpha_i (e^2 A^2/eV = e A^2/V) is a scalar or a
@@ -70,7 +71,7 @@ class Response(NamedTuple):
 
     Attributes:
         dq: induced charges, shaped like phi (N,) or (N, C), e (None without kappa).
-        dmu: induced dipoles, shaped like field (N, 3) or (N, C, 3), e A (None without alpha).
+        dmu: induced dipoles like field, (N, 3) or (N, C, 3), e A (None: no alpha).
         u_q: U_iq, eV (scalar; 0 without kappa).
         u_mu: U_iu, eV (scalar; 0 without alpha).
     """
@@ -189,7 +190,7 @@ class SCFResult(NamedTuple):
         dq: Float[Array] shaped like q, e (zeros without kappa).
         dmu: Float[Array] shaped like mu, e A (zeros without alpha).
         energy: F at the stationary point = E_elec[q, mu, Theta] + U_scf, eV.
-        response_energy: U_scf = F - E_elec[q, mu, Theta], eV (compare with U_iq + U_iu).
+        response_energy: U_scf = F - E_elec[q, mu, Theta], eV (compare U_iq + U_iu).
         residual: relative norm of the stationarity residual.
     """
 
@@ -207,7 +208,16 @@ def _sqrt_psd(alpha):
 
 
 def self_consistent_response(
-    energy_fn, q, mu, theta, kappa=None, alpha=None, e_ext=None, *, tol=1e-10, max_iter=500
+    energy_fn,
+    q,
+    mu,
+    theta,
+    kappa=None,
+    alpha=None,
+    e_ext=None,
+    *,
+    tol=1e-10,
+    max_iter=500,
 ):
     """Self-consistent induced charges and dipoles for a quadratic ``energy_fn``.
 
@@ -278,7 +288,9 @@ def self_consistent_response(
     residual = norm(resid) / jnp.maximum(norm(rhs), jnp.finfo(q.dtype).tiny)
     e0 = energy_fn(q, mu, theta)
     u = 0.5 * (jnp.sum(g[0] * x[0]) + jnp.sum(g[1] * x[1]))
-    return SCFResult(dq=x[0], dmu=x[1], energy=e0 + u, response_energy=u, residual=residual)
+    return SCFResult(
+        dq=x[0], dmu=x[1], energy=e0 + u, response_energy=u, residual=residual
+    )
 
 
 def _slab_normal(cell, axis):

@@ -1,4 +1,4 @@
-"""Public API: long_range, solver bundles, validation, method agreement, channels, dtype."""
+"""Public API: long_range, solver bundles, validation, methods, channels, dtype."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polmp.electrostatics import api, ewald, kgrid, long_range, prepare_ewald, prepare_solver
+from polmp.electrostatics import (
+    api,
+    ewald,
+    kgrid,
+    long_range,
+    prepare_ewald,
+    prepare_solver,
+)
 from polmp.electrostatics.direct import direct_energy
 
 CELL = np.array([[7.0, 0.0, 0.0], [0.8, 7.5, 0.0], [-0.5, 0.6, 8.0]])
@@ -30,7 +37,9 @@ def system(rng, n=8, cell=CELL):
 def test_long_range_assembles_energy_and_response(x64, rng):
     positions, q, mu, theta, kappa, alpha = system(rng)
     e_ext = np.array([0.05, 0.0, -0.1])
-    out = long_range(positions, q, mu, theta, kappa, alpha, cell=CELL, accuracy=1e-8, e_ext=e_ext)
+    out = long_range(
+        positions, q, mu, theta, kappa, alpha, cell=CELL, accuracy=1e-8, e_ext=e_ext
+    )
     grid = kgrid.prepare_kgrid(CELL, accuracy=1e-8)
     e, phi, field = ewald.ewald_energy_potential_field(
         positions, CELL, q, mu, theta, grid, sigma=1.0
@@ -74,8 +83,13 @@ def test_channels_add_and_keep_their_axis(x64, rng):
     both = long_range(positions, q2, mu2, theta, kappa, alpha, **kw)
     assert both.phi.shape == (8, 2) and both.field.shape == (8, 2, 3)
     assert both.dq.shape == (8, 2) and both.dmu.shape == (8, 2, 3)
-    parts = [long_range(positions, q2[:, c], mu2[:, c], theta, kappa, alpha, **kw) for c in range(2)]
-    assert float(both.energy) == pytest.approx(sum(float(p.energy) for p in parts), rel=1e-12)
+    parts = [
+        long_range(positions, q2[:, c], mu2[:, c], theta, kappa, alpha, **kw)
+        for c in range(2)
+    ]
+    assert float(both.energy) == pytest.approx(
+        sum(float(p.energy) for p in parts), rel=1e-12
+    )
     np.testing.assert_allclose(both.dmu[:, 1], parts[1].dmu, rtol=1e-12)
     one = long_range(positions, q[:, None], mu[:, None], None, **kw)
     plain = long_range(positions, q, mu, None, **kw)
@@ -95,7 +109,11 @@ def test_solver_bundle_jit_and_cell_gradient(x64, rng):
     assert float(total(positions, CELL)) == pytest.approx(float(ref.energy), rel=1e-12)
     g_jit = jax.grad(total, argnums=1)(positions, CELL)
     g_api = jax.grad(
-        lambda c: long_range(positions, q, mu, theta, kappa, alpha, cell=c, accuracy=1e-8).energy
+        lambda c: (
+            long_range(
+                positions, q, mu, theta, kappa, alpha, cell=c, accuracy=1e-8
+            ).energy
+        )
     )(jnp.asarray(CELL))
     np.testing.assert_allclose(g_jit, g_api, rtol=1e-10)
     e_only = jax.jit(solver.energy_fn)(positions, CELL, q, mu, theta)
@@ -138,7 +156,14 @@ def test_validation_errors(x64, rng):
     _bad("q must have shape", positions, q[:5], cell=CELL)
     _bad("mu must have shape", positions, q, mu[:, :2], cell=CELL)
     _bad("theta must have shape", positions, q, mu, theta[:4], cell=CELL)
-    _bad("theta must be symmetric", positions, q, mu, theta + np.triu(np.ones((3, 3))), cell=CELL)
+    _bad(
+        "theta must be symmetric",
+        positions,
+        q,
+        mu,
+        theta + np.triu(np.ones((3, 3))),
+        cell=CELL,
+    )
     _bad("kappa must be >= 0", positions, q, kappa=-kappa, cell=CELL)
     _bad("kappa must have shape", positions, q, kappa=kappa[:3], cell=CELL)
     skew = alpha.copy()
@@ -180,5 +205,9 @@ def test_auto_method_and_padding(x64, rng):
     assert api.choose_method(None, 8) == "direct"
     assert api.choose_method(CELL, 8, max_multipole_order=2) == "ewald"
     water = np.eye(3) * 12.429
-    assert api.choose_method(water, 192, max_multipole_order=0) == "pme"  # measured 2 vs 30 ms
-    assert api.choose_method(water, 192, max_multipole_order=2) == "ewald"  # 47 vs 89 ms
+    assert (
+        api.choose_method(water, 192, max_multipole_order=0) == "pme"
+    )  # measured 2 vs 30 ms
+    assert (
+        api.choose_method(water, 192, max_multipole_order=2) == "ewald"
+    )  # 47 vs 89 ms

@@ -41,7 +41,7 @@ def random_system(rng, cell, n=10, *, traceless=True, neutral=True):
 
 
 def numpy_reference(positions, cell, q, mu, theta, sigma=SIGMA, n_max=11):
-    """Full-cube numpy k-sum 1/(2 eps0 V) sum_{k != 0} exp(-s^2 k^2/2)/k^2 |S|^2 - E_self."""
+    """Full-cube numpy sum 1/(2 eps0 V) sum_{k!=0} exp(-s^2 k^2/2)/k^2 |S|^2 - Eself."""
     recip = 2.0 * np.pi * np.linalg.inv(cell).T
     r = np.arange(-n_max, n_max + 1)
     n = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
@@ -53,7 +53,7 @@ def numpy_reference(positions, cell, q, mu, theta, sigma=SIGMA, n_max=11):
     e_rec = np.sum(np.exp(-0.5 * sigma**2 * k2) / k2 * np.abs(s) ** 2)
     e_rec /= 2.0 * EPSILON0 * abs(np.linalg.det(cell))
     tr = np.trace(theta, axis1=1, axis2=2)
-    # general symmetric theta: <(k^T A k)^2> = k^4 (tr^2 + 2|A|^2)/15, cross term -q tr k^2/3
+    # symmetric theta: <(k^T A k)^2> = k^4 (tr^2 + 2|A|^2)/15, cross term -q tr k^2/3
     e_self = np.sum(
         q**2 / sigma
         + (np.sum(mu**2, 1) - q * tr) / (3 * sigma**3)
@@ -63,7 +63,9 @@ def numpy_reference(positions, cell, q, mu, theta, sigma=SIGMA, n_max=11):
 
 
 def energy(positions, cell, q, mu, theta, grid, **kw):
-    return float(ewald.ewald_energy(positions, cell, q, mu, theta, grid, sigma=SIGMA, **kw))
+    return float(
+        ewald.ewald_energy(positions, cell, q, mu, theta, grid, sigma=SIGMA, **kw)
+    )
 
 
 # ----------------------------------------------------------------------------- k-grid
@@ -76,10 +78,13 @@ def test_k_cutoff_tail_and_monotone():
         kc = kgrid.k_cutoff_for_accuracy(1.0, 1e-6, order)
         assert gammaincc(order + 0.5, kc**2 / 2) <= 1e-6 * (1 + 1e-6)
         assert gammaincc(order + 0.5, (0.99 * kc) ** 2 / 2) > 1e-6
-    assert kgrid.k_cutoff_for_accuracy(1.0, 1e-10) > kgrid.k_cutoff_for_accuracy(1.0, 1e-6)
+    assert kgrid.k_cutoff_for_accuracy(1.0, 1e-10) > kgrid.k_cutoff_for_accuracy(
+        1.0, 1e-6
+    )
     # the cutoff scales as 1/sigma
     assert math.isclose(
-        kgrid.k_cutoff_for_accuracy(0.5, 1e-6), 2 * kgrid.k_cutoff_for_accuracy(1.0, 1e-6)
+        kgrid.k_cutoff_for_accuracy(0.5, 1e-6),
+        2 * kgrid.k_cutoff_for_accuracy(1.0, 1e-6),
     )
 
 
@@ -156,32 +161,49 @@ def test_each_multipole_term_and_sign(x64, rng):
 def test_single_charge_madelung_and_self_energy(x64):
     """One Gaussian charge in a cubic box with background:
 
-    E_bare = E_self + E_Madelung + pi k_e q^2 sigma^2 / V, E_Madelung = -XI k_e q^2/(2L),
+    E_bare = E_self + E_Madelung + pi k_e q^2 sigma^2 / V,
+    E_Madelung = -XI k_e q^2/(2L),
     E_self = k_e q^2 / (sqrt(2 pi) sigma).
     """
     q = np.array([1.3])
     for length in (12.0, 20.0):
         cell = np.eye(3) * length
-        grid = kgrid.prepare_kgrid(cell, sigma=SIGMA, accuracy=1e-14, max_multipole_order=0)
-        bare = float(ewald.reciprocal_energy(np.zeros((1, 3)), cell, q, None, None, grid, sigma=SIGMA))
+        grid = kgrid.prepare_kgrid(
+            cell, sigma=SIGMA, accuracy=1e-14, max_multipole_order=0
+        )
+        bare = float(
+            ewald.reciprocal_energy(
+                np.zeros((1, 3)), cell, q, None, None, grid, sigma=SIGMA
+            )
+        )
         e_self = COULOMB * q[0] ** 2 / (math.sqrt(2 * math.pi) * SIGMA)
-        assert float(multipoles.self_energy(q, sigma=SIGMA)) == pytest.approx(e_self, rel=1e-14)
+        assert float(multipoles.self_energy(q, sigma=SIGMA)) == pytest.approx(
+            e_self, rel=1e-14
+        )
         predicted = (
-            e_self - XI_SC * COULOMB * q[0] ** 2 / (2 * length)
+            e_self
+            - XI_SC * COULOMB * q[0] ** 2 / (2 * length)
             + math.pi * COULOMB * q[0] ** 2 * SIGMA**2 / length**3
         )
         assert bare == pytest.approx(predicted, rel=1e-10)
 
 
 def test_dipole_and_quadrupole_self_energy_coefficients(x64, rng):
-    """A lone dipole in a cubic box: E_elec = -2 pi k_e mu^2/(3 V) (tinfoil lattice sum);
-    a lone quadrupole: E_elec scales as 1/L^5 (so E_self removes exactly the L-independent part).
+    """A lone dipole in a cubic box: E_elec = -2 pi k_e mu^2/(3 V) (tinfoil lattice
+    sum); a lone quadrupole: E_elec scales as 1/L^5 (E_self removes exactly the
+    L-independent part).
     """
     mu = np.array([[0.3, -0.5, 0.4]])
     for length in (10.0, 16.0):
         cell = np.eye(3) * length
-        grid = kgrid.prepare_kgrid(cell, sigma=SIGMA, accuracy=1e-14, max_multipole_order=1)
-        e = float(ewald.ewald_energy(np.zeros((1, 3)), cell, np.zeros(1), mu, None, grid, sigma=SIGMA))
+        grid = kgrid.prepare_kgrid(
+            cell, sigma=SIGMA, accuracy=1e-14, max_multipole_order=1
+        )
+        e = float(
+            ewald.ewald_energy(
+                np.zeros((1, 3)), cell, np.zeros(1), mu, None, grid, sigma=SIGMA
+            )
+        )
         expected = -2 * math.pi * COULOMB * np.sum(mu**2) / (3 * length**3)
         assert e == pytest.approx(expected, rel=1e-8)
     theta = rng.normal(size=(3, 3))
@@ -192,7 +214,15 @@ def test_dipole_and_quadrupole_self_energy_coefficients(x64, rng):
         cell = np.eye(3) * length
         grid = kgrid.prepare_kgrid(cell, sigma=SIGMA, accuracy=1e-14)
         e = float(
-            ewald.ewald_energy(np.zeros((1, 3)), cell, np.zeros(1), None, theta[None], grid, sigma=SIGMA)
+            ewald.ewald_energy(
+                np.zeros((1, 3)),
+                cell,
+                np.zeros(1),
+                None,
+                theta[None],
+                grid,
+                sigma=SIGMA,
+            )
         )
         scaled.append(e * length**5)
     e_self = float(multipoles.self_energy(np.zeros(1), None, theta[None], sigma=SIGMA))
@@ -216,7 +246,9 @@ def test_translation_and_image_invariance(x64, rng):
     grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-10)
     e0 = energy(positions, TRICLINIC, q, mu, theta, grid)
     shifted = positions + np.array([0.37, -1.9, 2.3])
-    assert energy(shifted, TRICLINIC, q, mu, theta, grid) == pytest.approx(e0, rel=1e-10)
+    assert energy(shifted, TRICLINIC, q, mu, theta, grid) == pytest.approx(
+        e0, rel=1e-10
+    )
     imaged = positions + np.array([1, -2, 3]) @ TRICLINIC  # whole-lattice-vector image
     assert energy(imaged, TRICLINIC, q, mu, theta, grid) == pytest.approx(e0, rel=1e-10)
 
@@ -229,14 +261,25 @@ def test_cell_choice_invariance(x64, rng):
     other[2] = cell[2] + cell[0] + cell[1]
     other[0] = cell[0] - cell[1]
     assert np.linalg.det(other) == pytest.approx(np.linalg.det(cell))
-    e0 = energy(positions, cell, q, mu, theta, kgrid.prepare_kgrid(cell, accuracy=1e-10))
-    e1 = energy(positions, other, q, mu, theta, kgrid.prepare_kgrid(other, accuracy=1e-10))
+    e0 = energy(
+        positions, cell, q, mu, theta, kgrid.prepare_kgrid(cell, accuracy=1e-10)
+    )
+    e1 = energy(
+        positions, other, q, mu, theta, kgrid.prepare_kgrid(other, accuracy=1e-10)
+    )
     assert e1 == pytest.approx(e0, rel=1e-9)
 
 
 def test_supercell_gives_n_times_energy(x64, rng):
     positions, q, mu, theta = random_system(rng, TRICLINIC, n=6)
-    e1 = energy(positions, TRICLINIC, q, mu, theta, kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-10))
+    e1 = energy(
+        positions,
+        TRICLINIC,
+        q,
+        mu,
+        theta,
+        kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-10),
+    )
     reps = [np.array([i, j, 0]) @ TRICLINIC for i in range(2) for j in range(2)]
     big_pos = np.concatenate([positions + s for s in reps])
     tile = [len(reps)] * 1
@@ -255,7 +298,9 @@ def test_supercell_gives_n_times_energy(x64, rng):
 def test_les_compat_offset_on_water(x64):
     import ase.io
 
-    atoms = ase.io.read(shared_path("lesfit_water_rpbe_d3", "test-H2O_RPBE-D3.xyz"), index=0)
+    atoms = ase.io.read(
+        shared_path("lesfit_water_rpbe_d3", "test-H2O_RPBE-D3.xyz"), index=0
+    )
     cell = np.asarray(atoms.cell[:])
     positions = atoms.get_positions()
     q = np.where(atoms.numbers == 8, -0.8, 0.4)
@@ -280,7 +325,7 @@ def test_les_compat_offset_on_water(x64):
     assert e_les < e_conv  # a truncated positive sum minus the full E_self
 
 
-# ----------------------------------------------------------------------------- derivatives
+# ------------------------------------------------------------------------- derivatives
 
 
 def test_potential_field_match_autodiff(x64, rng):
@@ -288,16 +333,24 @@ def test_potential_field_match_autodiff(x64, rng):
     grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-8)
 
     def e_fn(q_, mu_):
-        return ewald.ewald_energy(positions, TRICLINIC, q_, mu_, theta, grid, sigma=SIGMA)
+        return ewald.ewald_energy(
+            positions, TRICLINIC, q_, mu_, theta, grid, sigma=SIGMA
+        )
 
     dq, dmu = jax.grad(e_fn, argnums=(0, 1))(q, mu)
-    phi, field = ewald.ewald_potential_field(positions, TRICLINIC, q, mu, theta, grid, sigma=SIGMA)
+    phi, field = ewald.ewald_potential_field(
+        positions, TRICLINIC, q, mu, theta, grid, sigma=SIGMA
+    )
     np.testing.assert_allclose(phi, dq, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(field, -dmu, rtol=1e-10, atol=1e-12)
     # charges only: mu None means no dipoles, and the field still comes out
-    phi0, field0 = ewald.ewald_potential_field(positions, TRICLINIC, q, None, None, grid, sigma=SIGMA)
+    phi0, field0 = ewald.ewald_potential_field(
+        positions, TRICLINIC, q, None, None, grid, sigma=SIGMA
+    )
     g = jax.grad(
-        lambda m: ewald.ewald_energy(positions, TRICLINIC, q, m, None, grid, sigma=SIGMA)
+        lambda m: ewald.ewald_energy(
+            positions, TRICLINIC, q, m, None, grid, sigma=SIGMA
+        )
     )(np.zeros_like(mu))
     np.testing.assert_allclose(field0, -g, rtol=1e-10, atol=1e-12)
 
@@ -355,7 +408,9 @@ def test_stress_matches_finite_strain(x64, rng):
 
     g_r, g_c = jax.grad(e_fn, argnums=(0, 1))(positions, TRICLINIC)
     virial = positions.T @ np.asarray(g_r) + TRICLINIC.T @ np.asarray(g_c)  # dE/d eps
-    np.testing.assert_allclose(virial, jax.grad(strained)(jnp.zeros((3, 3))), rtol=1e-10)
+    np.testing.assert_allclose(
+        virial, jax.grad(strained)(jnp.zeros((3, 3))), rtol=1e-10
+    )
     h = 1e-6
     for a, b in [(0, 0), (0, 1), (2, 1), (2, 2)]:
         eps = np.zeros((3, 3))
@@ -397,7 +452,7 @@ def test_chunked_equals_unchunked(x64, rng):
         for c in (grid.num_kvectors, 7, 64)
     ]
     for o in outs[1:]:
-        for a, b in zip(o, outs[0]):
+        for a, b in zip(o, outs[0], strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -416,7 +471,9 @@ def test_padding_invariance_and_finite_gradients(x64, rng, debug_nans):
 
     @jax.jit
     def f(r, c, q_, mu_, th_, m):
-        return ewald.ewald_energy_potential_field(r, c, q_, mu_, th_, grid, sigma=SIGMA, atom_mask=m)
+        return ewald.ewald_energy_potential_field(
+            r, c, q_, mu_, th_, grid, sigma=SIGMA, atom_mask=m
+        )
 
     e1, phi1, field1 = f(pp, TRICLINIC, qp, mp_, tp, mask)
     assert float(e1) == pytest.approx(float(e0), rel=1e-12)
@@ -435,13 +492,19 @@ def test_padding_invariance_and_finite_gradients(x64, rng, debug_nans):
 def test_float32_close_to_float64(x64, rng):
     import ase.io
 
-    atoms = ase.io.read(shared_path("lesfit_water_rpbe_d3", "test-H2O_RPBE-D3.xyz"), index=0)
+    atoms = ase.io.read(
+        shared_path("lesfit_water_rpbe_d3", "test-H2O_RPBE-D3.xyz"), index=0
+    )
     cell = np.asarray(atoms.cell[:])
-    positions = atoms.get_positions() + 30.0  # far from the origin: phases must not suffer
+    positions = (
+        atoms.get_positions() + 30.0
+    )  # far from the origin: phases must not suffer
     q = np.where(atoms.numbers == 8, -0.8, 0.4)
     mu = 0.05 * rng.normal(size=(len(q), 3))
     grid = kgrid.prepare_kgrid(cell, accuracy=1e-6, max_multipole_order=1)
-    e64, phi64, f64 = ewald.ewald_energy_potential_field(positions, cell, q, mu, None, grid, sigma=SIGMA)
+    e64, phi64, f64 = ewald.ewald_energy_potential_field(
+        positions, cell, q, mu, None, grid, sigma=SIGMA
+    )
     f32 = [np.asarray(x, np.float32) for x in (positions, cell, q, mu)]
     e32, phi32, fl32 = ewald.ewald_energy_potential_field(
         f32[0], f32[1], f32[2], f32[3], None, grid, sigma=SIGMA
@@ -466,7 +529,9 @@ def test_to_channels_shapes():
     q = jnp.zeros(4)
     m = multipoles.to_channels(q, jnp.zeros((4, 3)), jnp.zeros((4, 3, 3)))
     assert m.q.shape == (4, 1) and m.mu.shape == (4, 1, 3) and not m.has_channels
-    m = multipoles.to_channels(jnp.zeros((4, 2)), jnp.zeros((4, 3)), jnp.zeros((4, 2, 3, 3)))
+    m = multipoles.to_channels(
+        jnp.zeros((4, 2)), jnp.zeros((4, 3)), jnp.zeros((4, 2, 3, 3))
+    )
     assert m.mu.shape == (4, 2, 3) and m.theta.shape == (4, 2, 3, 3) and m.has_channels
     with pytest.raises(ValueError):
         multipoles.to_channels(q, jnp.zeros((4, 2, 3)))

@@ -1,4 +1,4 @@
-"""One-shot response (dq, dmu, U_iq, U_iu), the self-consistent reference, slab correction."""
+"""One-shot response (dq, dmu, U_iq, U_iu), self-consistent reference, slab term."""
 
 from __future__ import annotations
 
@@ -46,10 +46,14 @@ def test_formulas_scalar_and_tensor(x64, rng):
     assert float(res.u_q) == pytest.approx(-0.5 * np.sum(kappa * phi**2), rel=1e-13)
     u_mu = -0.5 * np.einsum("na,nab,nb->", e, alpha_t, e)
     assert float(res.u_mu) == pytest.approx(u_mu, rel=1e-13)
-    assert float(res.u_mu) < 0 and float(res.u_q) <= 0  # PSD alpha, kappa >= 0: stabilising
+    assert (
+        float(res.u_mu) < 0 and float(res.u_q) <= 0
+    )  # PSD alpha, kappa >= 0: stabilising
     # an isotropic tensor equals the scalar form
     a = rng.uniform(0, 0.1, n)
-    iso = response.one_shot_response(phi, field, None, a[:, None, None] * np.eye(3), e_ext)
+    iso = response.one_shot_response(
+        phi, field, None, a[:, None, None] * np.eye(3), e_ext
+    )
     sca = response.one_shot_response(phi, field, None, a, e_ext)
     np.testing.assert_allclose(iso.dmu, sca.dmu, rtol=1e-14)
     assert float(iso.u_mu) == pytest.approx(float(sca.u_mu), rel=1e-14)
@@ -62,23 +66,31 @@ def test_formulas_scalar_and_tensor(x64, rng):
     # padding
     mask = np.arange(n) < 4
     res_m = response.one_shot_response(phi, field, kappa, alpha_t, e_ext, mask)
-    assert np.all(np.asarray(res_m.dq[4:]) == 0) and np.all(np.asarray(res_m.dmu[4:]) == 0)
+    assert np.all(np.asarray(res_m.dq[4:]) == 0) and np.all(
+        np.asarray(res_m.dmu[4:]) == 0
+    )
 
 
 def test_dipole_in_uniform_field_sign(x64):
     """An isolated polarizable atom in E_ext: dmu along +E_ext, U = -1/2 alpha E^2."""
     res = response.one_shot_response(
-        jnp.zeros(1), jnp.zeros((1, 3)), None, jnp.array([0.2]), jnp.array([0.0, 0.0, 0.5])
+        jnp.zeros(1),
+        jnp.zeros((1, 3)),
+        None,
+        jnp.array([0.2]),
+        jnp.array([0.0, 0.0, 0.5]),
     )
     np.testing.assert_allclose(res.dmu, [[0.0, 0.0, 0.1]])
     assert float(res.u_mu) == pytest.approx(-0.5 * 0.2 * 0.25)
 
 
 def test_response_energy_gradients(x64, rng):
-    """dE_lr/dkappa_i = -phi_i^2 / 2 and dE_lr/dalpha_i = -|E_i|^2 / 2 (scalar alpha)."""
+    """dE_lr/dkappa_i = -phi_i^2/2 and dE_lr/dalpha_i = -|E_i|^2/2 (scalar alpha)."""
     positions, q, mu, theta = system(rng)
     grid = kgrid.prepare_kgrid(CELL, accuracy=1e-8)
-    phi, field = ewald.ewald_potential_field(positions, CELL, q, mu, theta, grid, sigma=SIGMA)
+    phi, field = ewald.ewald_potential_field(
+        positions, CELL, q, mu, theta, grid, sigma=SIGMA
+    )
 
     def u(kappa, alpha):
         r = response.one_shot_response(phi, field, kappa, alpha)
@@ -103,11 +115,11 @@ def test_scf_is_stationary(x64, rng):
     alpha = random_psd(rng, 10, 0.01)
     e_ext = np.array([0.0, 0.1, -0.05])
     fn = _energy_fn(positions, theta, grid)
-    scf = jax.jit(
-        lambda *a: response.self_consistent_response(fn, *a, tol=1e-12)
-    )(q, mu, theta, kappa, alpha, e_ext)
+    scf = jax.jit(lambda *a: response.self_consistent_response(fn, *a, tol=1e-12))(
+        q, mu, theta, kappa, alpha, e_ext
+    )
     assert float(scf.residual) < 1e-9
-    # the fields of the *total* (permanent + induced) moments reproduce the induced moments
+    # the fields of the *total* (permanent + induced) moments reproduce the induced ones
     phi_t, field_t = ewald.ewald_potential_field(
         positions, CELL, q + scf.dq, mu + scf.dmu, theta, grid, sigma=SIGMA
     )
@@ -115,6 +127,7 @@ def test_scf_is_stationary(x64, rng):
     np.testing.assert_allclose(
         scf.dmu, np.einsum("nab,nb->na", alpha, field_t + e_ext), rtol=1e-8, atol=1e-11
     )
+
     # the functional F is stationary (and minimal) there: perturbing dq, dmu raises it
     def functional(dq, dmu):
         inv = np.linalg.inv(alpha)
@@ -138,7 +151,9 @@ def test_scf_tends_to_one_shot_for_small_response(x64, rng):
     positions, q, mu, theta = system(rng)
     grid = kgrid.prepare_kgrid(CELL, accuracy=1e-8)
     fn = _energy_fn(positions, theta, grid)
-    phi, field = ewald.ewald_potential_field(positions, CELL, q, mu, theta, grid, sigma=SIGMA)
+    phi, field = ewald.ewald_potential_field(
+        positions, CELL, q, mu, theta, grid, sigma=SIGMA
+    )
     errors = []
     solve = jax.jit(lambda *a: response.self_consistent_response(fn, *a, tol=1e-13))
     for scale in (1e-2, 1e-3):
@@ -159,17 +174,20 @@ def test_slab_correction_value_and_derivatives(x64, rng):
     cell = np.diag([6.0, 7.0, 30.0])
     e = response.slab_correction(positions, cell, q, mu, axis=2)
     m_z = np.sum(q * positions[:, 2]) + np.sum(mu[:, 2])
-    assert float(e) == pytest.approx(2 * math.pi * COULOMB * m_z**2 / np.linalg.det(cell))
+    assert float(e) == pytest.approx(
+        2 * math.pi * COULOMB * m_z**2 / np.linalg.det(cell)
+    )
     phi, field = response.slab_potential_field(positions, cell, q, mu, axis=2)
     gq, gmu = jax.grad(
-        lambda a, b: response.slab_correction(positions, cell, a, b, axis=2), argnums=(0, 1)
+        lambda a, b: response.slab_correction(positions, cell, a, b, axis=2),
+        argnums=(0, 1),
     )(q, mu)
     np.testing.assert_allclose(phi, gq, rtol=1e-12)
     np.testing.assert_allclose(field, -gmu, rtol=1e-12, atol=1e-14)
 
 
 def test_slab_correction_removes_vacuum_dependence(x64, rng):
-    """A neutral, polar slab: with the correction the energy barely depends on the gap."""
+    """A neutral polar slab: with the correction, E barely depends on the gap."""
     n = 8
     positions = rng.uniform(0, 1, (n, 3)) * np.array([6.0, 6.0, 3.0])
     q = np.array([1.0, -1.0] * 4)
@@ -179,7 +197,10 @@ def test_slab_correction_removes_vacuum_dependence(x64, rng):
         cell = np.diag([6.0, 6.0, lz])
         grid = kgrid.prepare_kgrid(cell, accuracy=1e-6, max_multipole_order=0)
         e = float(ewald.ewald_energy(positions, cell, q, None, None, grid, sigma=SIGMA))
-        energies[lz] = (e, e + float(response.slab_correction(positions, cell, q, axis=2)))
+        energies[lz] = (
+            e,
+            e + float(response.slab_correction(positions, cell, q, axis=2)),
+        )
     raw = abs(energies[24.0][0] - energies[48.0][0])
     corrected = abs(energies[24.0][1] - energies[48.0][1])
     assert corrected < 0.1 * raw
