@@ -207,7 +207,11 @@ def prepare_kgrid(
 
     Args:
         cell: (3, 3) array, rows are lattice vectors, A (validated: finite,
-            non-singular, right-handed).
+            non-singular, right-handed); or (G, 3, 3) for a batch of cells: the set
+            is then the union of the per-cell sets, so one static index array serves
+            every graph of a batch (``jax.vmap`` the energy over graphs; vectors
+            beyond a cell's own k_c only add converged terms).  ``les_compat``
+            needs identical cells in a batch (its truncated set is cell-specific).
         sigma: pair-kernel width, A (> 0).
         accuracy: relative truncation error of the k-sum (module docstring); ignored
             with ``les_compat``.
@@ -219,6 +223,16 @@ def prepare_kgrid(
     Returns:
         :class:`KGrid`.
     """
+    cell_arr = np.asarray(cell, dtype=np.float64)
+    if cell_arr.ndim == 3:
+        return _prepare_union(
+            cell_arr,
+            sigma=sigma,
+            accuracy=accuracy,
+            les_compat=les_compat,
+            max_multipole_order=max_multipole_order,
+            margin=margin,
+        )
     cell = validate_cell(cell)
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
@@ -239,6 +253,26 @@ def prepare_kgrid(
         max_multipole_order=int(max_multipole_order),
         margin=float(margin),
         reference_cell=tuple(tuple(float(x) for x in row) for row in cell),
+    )
+
+
+def _prepare_union(cells, **kw) -> KGrid:
+    """One KGrid whose index set is the union of the sets of several cells."""
+    if cells.shape[1:] != (3, 3) or cells.shape[0] == 0:
+        raise ValueError(
+            f"a batch of cells must have shape (G, 3, 3), got {cells.shape}"
+        )
+    if kw["les_compat"] and not np.allclose(cells, cells[0]):
+        raise ValueError(
+            "les_compat with a batch of different cells is not the reference"
+        )
+    grids = [prepare_kgrid(c, **kw) for c in cells]
+    union = np.unique(np.concatenate([g.indices for g in grids]), axis=0)
+    first = grids[0]
+    return dataclasses.replace(
+        first,
+        indices=union.astype(np.int32),
+        k_cutoff=max(g.k_cutoff for g in grids),
     )
 
 

@@ -573,3 +573,23 @@ def test_point_multipoles_via_split_match_torchpme(x64, name, key):
     assert abs(q.sum()) < 1e-12
     e = float(e_rec + e_real)
     assert e == pytest.approx(atoms.calc.results["energy"], rel=3e-5)
+
+
+def test_batched_cells_share_one_index_set(x64, rng):
+    """A union k-set serves a batch of different cells under vmap (static shapes)."""
+    cells = np.stack([TRICLINIC, np.diag([6.2, 6.8, 7.3])])
+    systems = [random_system(rng, c, n=6) for c in cells]
+    union = kgrid.prepare_kgrid(cells, accuracy=1e-10)
+    stacked = [np.stack(x) for x in zip(*systems, strict=True)]
+
+    def one(r, c, q, mu, th):
+        return ewald.ewald_energy(r, c, q, mu, th, union, sigma=SIGMA)
+
+    batch = jax.vmap(one)(stacked[0], cells, *stacked[1:])
+    for g, cell in enumerate(cells):
+        own = kgrid.prepare_kgrid(cell, accuracy=1e-10)
+        assert union.num_kvectors >= own.num_kvectors
+        ref = energy(*systems[g][:1], cell, *systems[g][1:], own)
+        assert float(batch[g]) == pytest.approx(ref, rel=1e-9)
+    with pytest.raises(ValueError, match="les_compat"):
+        kgrid.prepare_kgrid(cells, les_compat=True)
