@@ -211,3 +211,23 @@ def test_auto_method_and_padding(x64, rng):
     assert (
         api.choose_method(water, 192, max_multipole_order=2) == "ewald"
     )  # 47 vs 89 ms
+
+
+def test_slab_axis_adds_correction_to_energy_and_fields(x64, rng):
+    from polmp.electrostatics import response
+
+    cell = np.diag([7.0, 7.5, 25.0])
+    positions, q, mu, _, kappa, alpha = system(rng, cell=np.diag([7.0, 7.5, 5.0]))
+    kw = dict(cell=cell, accuracy=1e-6)
+    plain = long_range(positions, q, mu, **kw)
+    slab = long_range(positions, q, mu, slab_axis=2, **kw)
+    e_slab = response.slab_correction(positions, cell, q, mu, axis=2)
+    assert float(slab.energy) == pytest.approx(float(plain.energy + e_slab), rel=1e-12)
+    phi_s, field_s = response.slab_potential_field(positions, cell, q, mu, axis=2)
+    np.testing.assert_allclose(slab.phi, plain.phi + phi_s, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        slab.field, plain.field + field_s, rtol=1e-12, atol=1e-12
+    )
+    # the response sees the corrected field
+    resp = long_range(positions, q, mu, None, kappa, alpha, slab_axis=2, **kw)
+    np.testing.assert_allclose(resp.dq, -kappa * slab.phi, rtol=1e-12)
