@@ -11,7 +11,9 @@ jitted code sees:
   self-edges of that padding atom with zero shift; padded and non-periodic cells are
   the identity with pbc False).
 * ``frames_to_batch`` adds the padded labels (``Batch``) with masks for labels a frame
-  does not carry.
+  does not carry, and optionally the static long-range data of the batch
+  (``long_range=``, a host function of the padded graph such as
+  ``functools.partial(polmp.models.long_range.prepare_long_range, accuracy=1e-6)``).
 * ``plan_buckets`` groups a data set into batches and rounds their capacities onto a
   coarse ladder (``round_capacity``), then merges shapes until at most ``max_shapes``
   remain, so that a data set of mixed sizes compiles a handful of shapes instead of
@@ -29,7 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +64,9 @@ class Batch:
         energy_mask: Bool[Array, 'G'], real graph with an energy label.
         forces_mask: Bool[Array, 'N'], real atom whose frame has forces.
         stress_mask: Bool[Array, 'G'], real graph with a stress label.
+        long_range: static long-range data of ``graph`` (a pytree, e.g.
+            ``polmp.models.long_range.LongRangeData``; pass it on as
+            ``energy_fn(params, batch.graph, long_range=batch.long_range)``), or None.
     """
 
     graph: Graph
@@ -70,6 +76,7 @@ class Batch:
     energy_mask: jax.Array
     forces_mask: jax.Array
     stress_mask: jax.Array
+    long_range: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,11 +204,18 @@ def frames_to_batch(
     num_atoms: int | None = None,
     num_edges: int | None = None,
     num_graphs: int | None = None,
+    *,
+    long_range: Callable[[Graph], Any] | None = None,
 ) -> Batch:
     """``frames_to_graph`` plus padded energy, force and stress labels.  Not jittable.
 
     Args:
         frames, cutoff, num_atoms, num_edges, num_graphs: as in ``frames_to_graph``.
+        long_range: host function ``graph -> static long-range data`` (e.g.
+            ``functools.partial(prepare_long_range, sigma=1.0, accuracy=1e-6)`` from
+            ``polmp.models.long_range``), stored as ``Batch.long_range``; None: no
+            long-range data.  (A callable rather than an import keeps ``polmp.data``
+            below ``polmp.models`` in the layer stack.)
 
     Returns:
         ``Batch``; see its docstring for shapes, units and masks.
@@ -242,6 +256,7 @@ def frames_to_batch(
         energy_mask=jnp.asarray(energy_mask),
         forces_mask=jnp.asarray(forces_mask),
         stress_mask=jnp.asarray(stress_mask),
+        long_range=None if long_range is None else long_range(graph),
     )
 
 

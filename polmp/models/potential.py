@@ -14,15 +14,27 @@ Initialise under jit (eager e3nn init is slow)::
 ``(params, graph)``: per-graph energies E = E_sr + E_lr, and forces F = -dE/dR and the
 stress sigma = (1/V) dE/d(strain) by autodiff of that one energy (style.md 3.3).
 
-E_lr is supplied by the caller as ``long_range_fn(graph, positions, cell, outputs) ->
-Float[Array, 'G']`` (eV per graph), e.g. a per-graph wrapper of
-``polmp.electrostatics.long_range``, which did not exist when this module was written.
-Variants other than ``"sr"`` need either a ``long_range_fn`` or an explicit
-``short_range_only=True`` so that the long-range part is never dropped silently.
+E_lr is supplied by the caller as ``long_range_fn(graph, positions, cell, outputs
+[, long_range]) -> Float[Array, 'G']`` (eV per graph) or a ``LongRangeOutputs`` (its
+``energy`` is E_lr; phi, field, dq, dmu are kept for ``outputs_fn``).  The adapter of
+this package is ``polmp.models.long_range.graph_long_range``, whose static per-batch
+data (``prepare_long_range``, or ``Batch.long_range``) is passed as the keyword
+``long_range=`` of every function below and handed on as the fifth argument; without it
+``long_range_fn`` is called with four arguments.  Variants other than ``"sr"`` need
+either a ``long_range_fn`` or an explicit ``short_range_only=True`` so that the
+long-range part is never dropped silently.
+
+Typical use::
+
+    fns = make_energy_fn(config, long_range_fn=graph_long_range)
+    data = prepare_long_range(graph, sigma=1.0, accuracy=1e-6)      # host
+    energy, forces, stress = jax.jit(fns.energy_forces_stress_fn)(
+        params, graph, long_range=data)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,6 +46,7 @@ from polmp.geometry.graph import Graph
 from polmp.models.config import ModelConfig
 from polmp.models.heads import AtomicOutputs, LatentHeads
 from polmp.models.layers import Backbone, species_to_index
+from polmp.models.long_range import LongRangeOutputs
 
 
 class AtomicModel(nn.Module):
@@ -81,13 +94,40 @@ def graph_energies(atom_energies: jax.Array, graph: Graph) -> jax.Array:
     return jnp.where(graph.graph_mask, total, jnp.zeros_like(total))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ModelOutputs(AtomicOutputs):
+    """``AtomicOutputs`` plus the long-range results (``None`` where not computed).
+
+    Attributes:
+        energy, q, mu, theta, kappa, alpha: as ``AtomicOutputs`` (``energy`` is the
+            per-atom short-range E_i, eV).
+        long_range_energy: Float[Array, 'G'], E_lr per graph, eV.
+        phi: Float[Array, 'N C'], potential of the permanent multipoles, V.
+        field: Float[Array, 'N C 3'], their field, V/A.
+        dq: Float[Array, 'N C'], induced charges -kappa phi, e.
+        dmu: Float[Array, 'N C 3'], induced dipoles alpha (E + E_ext), e A.
+    """
+
+    long_range_energy: jax.Array | None = None
+    phi: jax.Array | None = None
+    field: jax.Array | None = None
+    dq: jax.Array | None = None
+    dmu: jax.Array | None = None
+
+
 class EnergyFns(NamedTuple):
-    """Pure functions of ``(params, graph, positions=None, cell=None)``.
+    """Pure functions of ``(params, graph, positions=None, cell=None, *, long_range)``.
+
+    ``long_range`` is the static long-range data of ``graph`` (e.g.
+    ``prepare_long_range(graph)`` or ``Batch.long_range``), passed on to
+    ``long_range_fn``.
 
     Attributes:
         model: the ``AtomicModel`` (``model.init`` gives the params; jit it).
         energy_fn: -> Float[Array, 'G'], eV, E_sr + E_lr per graph (0 for padding).
-        outputs_fn: -> ``AtomicOutputs`` (per-atom energies without E_lr, latents).
+        outputs_fn: -> ``ModelOutputs`` (per-atom energies without E_lr, latents, and
+            with a long-range part E_lr per graph, phi, field and the induced dq, dmu).
         energy_forces_stress_fn: -> ``(energy (G,) eV, forces (N, 3) eV/A, stress
             (G, 3, 3) eV/A^3)``; stress is 0 for graphs that are not periodic in all
             three directions (no volume); forces are 0 on padding atoms.
@@ -109,8 +149,10 @@ def make_energy_fn(
 
     Args:
         config: the model configuration.
-        long_range_fn: ``(graph, positions, cell, outputs) -> Float[Array, 'G']``, eV,
-            the long-range energy per graph from the latents in ``outputs``.
+        long_range_fn: ``(graph, positions, cell, outputs[, long_range]) ->
+            Float[Array, 'G']`` (eV) or ``LongRangeOutputs``, the long-range energy per
+            graph from the latents in ``outputs``, e.g.
+            ``polmp.models.long_range.graph_long_range``.
         short_range_only: allow a non-"sr" variant without ``long_range_fn`` (the
             latents are still computed, E = E_sr).
 
@@ -128,21 +170,45 @@ def make_energy_fn(
         )
     model = AtomicModel(config)
 
-    def outputs_fn(params, graph: Graph, positions=None, cell=None) -> AtomicOutputs:
-        return model.apply(params, graph, positions, cell)
-
-    def energy_fn(params, graph: Graph, positions=None, cell=None) -> jax.Array:
+    def evaluate(params, graph, positions, cell, long_range):
+        """(per-graph E_sr + E_lr, ModelOutputs) at the given positions and cell."""
         positions = graph.positions if positions is None else positions
         cell = graph.cell if cell is None else cell
         cell = cell.astype(positions.dtype)
         outputs = model.apply(params, graph, positions, cell)
         energy = graph_energies(outputs.energy, graph)  # (G,)
+        extra = {}
         if long_range_fn is not None:
-            e_lr = long_range_fn(graph, positions, cell, outputs)
-            energy = energy + jnp.where(graph.graph_mask, e_lr, jnp.zeros_like(e_lr))
-        return energy
+            args = (graph, positions, cell, outputs)
+            result = (
+                long_range_fn(*args)
+                if long_range is None
+                else long_range_fn(*args, long_range)
+            )
+            if isinstance(result, LongRangeOutputs):
+                extra = result._asdict()
+                e_lr = extra.pop("energy")
+            else:
+                e_lr = result
+            e_lr = jnp.where(graph.graph_mask, e_lr, jnp.zeros_like(e_lr))
+            energy = energy + e_lr
+            extra["long_range_energy"] = e_lr
+        fields = {f.name: getattr(outputs, f.name) for f in dataclasses.fields(outputs)}
+        return energy, ModelOutputs(**fields, **extra)
 
-    def energy_forces_stress_fn(params, graph: Graph, positions=None, cell=None):
+    def outputs_fn(
+        params, graph: Graph, positions=None, cell=None, *, long_range=None
+    ) -> ModelOutputs:
+        return evaluate(params, graph, positions, cell, long_range)[1]
+
+    def energy_fn(
+        params, graph: Graph, positions=None, cell=None, *, long_range=None
+    ) -> jax.Array:
+        return evaluate(params, graph, positions, cell, long_range)[0]
+
+    def energy_forces_stress_fn(
+        params, graph: Graph, positions=None, cell=None, *, long_range=None
+    ):
         positions = graph.positions if positions is None else positions
         cell = graph.cell if cell is None else cell
         cell = cell.astype(positions.dtype)
@@ -155,7 +221,7 @@ def make_energy_fn(
             deform = eye + strain  # (G, 3, 3)
             pos = jnp.einsum("na,nab->nb", positions, deform[graph.atom_graph])
             c = jnp.einsum("gia,gab->gib", cell, deform)
-            energy = energy_fn(params, graph, pos, c)
+            energy = energy_fn(params, graph, pos, c, long_range=long_range)
             return jnp.sum(energy), energy
 
         strain = jnp.zeros((graph.num_graphs, 3, 3), positions.dtype)

@@ -1,0 +1,363 @@
+"""E = E_sr + E_lr on padded batches: graph_long_range vs electrostatics.long_range."""
+
+from __future__ import annotations
+
+import functools
+
+import ase.io
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from polmp.data.batching import Batch, frames_to_batch, frames_to_graph
+from polmp.data.schema import Frame
+from polmp.electrostatics import long_range
+from polmp.models.config import ModelConfig
+from polmp.models.heads import AtomicOutputs
+from polmp.models.long_range import (
+    LongRangeData,
+    bind_long_range,
+    graph_long_range,
+    prepare_long_range,
+)
+from polmp.models.potential import make_energy_fn
+from tests.models.equivariance import assert_equivariant
+from tests.models.graphs import cluster
+from tests.utils import shared_path
+
+CUTOFF = 3.0
+ACCURACY = 1e-6
+CONFIG = ModelConfig(
+    species=(1, 8),
+    cutoff_A=CUTOFF,
+    l_max=2,
+    num_channels=4,
+    num_layers=1,
+    num_basis=4,
+    radial_mlp=(8,),
+    readout_hidden=8,
+    avg_num_neighbors=8.0,
+    variant="full",
+    alpha_kind="anisotropic",
+    num_charge_channels=2,
+    q_scale=0.5,
+    mu_scale=0.2,
+    theta_scale=0.2,
+    kappa_scale=0.05,
+    alpha_scale=0.05,
+)
+TRI_CELL = np.array([[3.0, 0.0, 0.0], [1.1, 3.2, 0.0], [0.5, -0.7, 2.9]])
+
+
+def _water_frame():
+    path = shared_path("lesfit_water_rpbe_d3", "test-H2O_RPBE-D3.xyz")
+    atoms = ase.io.read(path, index=0)
+    return Frame(
+        positions=atoms.positions.copy(),
+        numbers=atoms.numbers.copy(),
+        cell=atoms.cell.array.copy(),
+        pbc=np.ones(3, bool),
+    )
+
+
+def _small_frames(rng):
+    """A triclinic 4-atom cell (many images) and a 3-atom molecule."""
+    tri = Frame(
+        positions=rng.uniform(size=(4, 3)) @ TRI_CELL,
+        numbers=np.array([8, 1, 1, 8]),
+        cell=TRI_CELL,
+        pbc=np.ones(3, bool),
+    )
+    molecule = Frame(positions=cluster(rng, n=3), numbers=np.array([8, 1, 1]))
+    return [tri, molecule]
+
+
+def _random_outputs(rng, graph, channels=2):
+    """Random latents of every kind on the flat atom axis, zero on padding atoms."""
+    n = graph.num_atoms
+    mask = np.asarray(graph.atom_mask, float)
+
+    def m(x):
+        return jnp.asarray(x * mask.reshape((-1,) + (1,) * (x.ndim - 1)))
+
+    a = rng.normal(size=(n, 3, 3))
+    theta = a + np.swapaxes(a, 1, 2)
+    theta -= np.trace(theta, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3
+    v = rng.normal(size=(n, 3, 3))
+    alpha = 0.02 * (np.einsum("nab,ncb->nac", v, v) + np.eye(3))
+    return AtomicOutputs(
+        energy=m(np.zeros(n)),
+        q=m(0.5 * rng.normal(size=(n, channels))),
+        mu=m(0.2 * rng.normal(size=(n, 3))),
+        theta=m(0.1 * theta),
+        kappa=m(0.02 * rng.uniform(0.5, 1.5, size=n)),
+        alpha=m(alpha),
+    )
+
+
+def _per_graph_reference(frames, outputs, graph, method="ewald", accuracy=ACCURACY):
+    """electrostatics.long_range on each frame alone (atoms contiguous per frame)."""
+    start, refs = 0, []
+    for frame in frames:
+        sl = slice(start, start + frame.num_atoms)
+        start += frame.num_atoms
+        refs.append(
+            long_range(
+                graph.positions[sl],
+                outputs.q[sl],
+                outputs.mu[sl],
+                outputs.theta[sl],
+                outputs.kappa[sl],
+                outputs.alpha[sl],
+                cell=jnp.asarray(frame.cell) if frame.periodic else None,
+                method=method if frame.periodic else "direct",
+                accuracy=accuracy,
+            )
+        )
+    return refs
+
+
+def test_batch_equals_long_range_per_graph(x64, rng):
+    frames = [_water_frame(), *_small_frames(rng)]
+    graph = frames_to_graph(frames, CUTOFF)
+    data = prepare_long_range(graph, accuracy=ACCURACY, method="ewald")
+    assert data.method == "ewald" and data.periodic.num_slots == 2
+    assert data.free.num_slots == 1
+    outputs = _random_outputs(rng, graph)
+    out = jax.jit(graph_long_range)(graph, graph.positions, graph.cell, outputs, data)
+    refs = _per_graph_reference(frames, outputs, graph)
+    start = 0
+    for g, (frame, ref) in enumerate(zip(frames, refs, strict=True)):
+        sl = slice(start, start + frame.num_atoms)
+        start += frame.num_atoms
+        assert abs(float(ref.energy)) > 1e-2
+        np.testing.assert_allclose(out.energy[g], ref.energy, rtol=1e-10)
+        for name in ("phi", "field", "dq", "dmu"):
+            got, want = getattr(out, name)[sl], getattr(ref, name)
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10, err_msg=name)
+    assert float(out.energy[len(frames)]) == 0.0
+    for name in ("phi", "field", "dq", "dmu"):
+        np.testing.assert_array_equal(getattr(out, name)[start:], 0.0)
+
+
+def test_pme_group_agrees_with_ewald(x64, rng):
+    frames = [_water_frame(), *_small_frames(rng)]
+    graph = frames_to_graph(frames, CUTOFF)
+    outputs = _random_outputs(rng, graph)
+    data = prepare_long_range(graph, accuracy=ACCURACY, method="pme")
+    assert data.method == "pme" and data.pme_spec is not None
+    # one mesh for the group: the per-axis maximum over its graphs
+    assert data.pme_spec.mesh_shape[0] >= 40
+    out = jax.jit(graph_long_range)(graph, graph.positions, graph.cell, outputs, data)
+    ref = _per_graph_reference(frames[:2], outputs, graph)
+    for g in range(2):
+        scale = abs(float(ref[g].energy)) + 1.0
+        assert abs(float(out.energy[g] - ref[g].energy)) < 1e-4 * scale
+
+
+def _model(variant="full"):
+    config = (
+        CONFIG
+        if variant == "full"
+        else ModelConfig(**{**CONFIG.__dict__, "variant": variant})
+    )
+    return make_energy_fn(config, long_range_fn=graph_long_range)
+
+
+@pytest.fixture(scope="module")
+def small_setup():
+    """Full-variant model, a (triclinic cell + molecule) batch and its data (x64)."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        fns = _model()
+        frames = _small_frames(np.random.default_rng(7))
+        graph = frames_to_graph(frames, CUTOFF)
+        data = prepare_long_range(graph, accuracy=1e-8)
+        params = jax.jit(fns.model.init)(jax.random.PRNGKey(1), graph)
+        # jitted once here so that tests of the same shapes share the compilations
+        fns = fns._replace(
+            energy_fn=jax.jit(fns.energy_fn),
+            outputs_fn=jax.jit(fns.outputs_fn),
+            energy_forces_stress_fn=jax.jit(fns.energy_forces_stress_fn),
+        )
+        yield fns, params, frames, graph, data
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def test_padding_invariance(x64, small_setup):
+    fns, params, frames, graph, data = small_setup
+    n = sum(f.num_atoms for f in frames)
+    heavy = frames_to_graph(
+        frames, CUTOFF, num_atoms=n + 13, num_edges=graph.num_edges + 40, num_graphs=6
+    )
+    heavy_data = prepare_long_range(
+        heavy,
+        accuracy=1e-8,
+        num_periodic=3,
+        num_free=2,
+        atoms_per_graph=24,
+        num_kvectors=data.periodic.kvectors.shape[1] + 100,
+    )
+    efs = fns.energy_forces_stress_fn
+    e0, f0, s0 = efs(params, graph, long_range=data)
+    e1, f1, s1 = efs(params, heavy, long_range=heavy_data)
+    out = fns.outputs_fn(params, graph, long_range=data)
+    assert np.all(np.abs(np.asarray(out.long_range_energy[:2])) > 1e-3)
+    np.testing.assert_allclose(e1[:2], e0[:2], rtol=1e-11)
+    np.testing.assert_allclose(f1[:n], f0[:n], rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(s1[:2], s0[:2], rtol=1e-9, atol=1e-11)
+    np.testing.assert_array_equal(e1[2:], 0.0)
+    np.testing.assert_array_equal(f1[n:], 0.0)
+    assert np.all(np.isfinite(np.asarray(f1)))
+
+
+def test_forces_match_central_differences(x64, small_setup):
+    fns, params, frames, graph, data = small_setup
+    efs = fns.energy_forces_stress_fn
+    energy_fn = fns.energy_fn
+    _, forces, _ = efs(params, graph, long_range=data)
+    h = 1e-5
+    for atom, axis in [(0, 0), (3, 2), (4, 1), (6, 2)]:
+        step = jnp.zeros_like(graph.positions).at[atom, axis].set(h)
+        ep = jnp.sum(energy_fn(params, graph, graph.positions + step, long_range=data))
+        em = jnp.sum(energy_fn(params, graph, graph.positions - step, long_range=data))
+        fd = -(ep - em) / (2 * h)
+        assert float(forces[atom, axis]) == pytest.approx(float(fd), rel=1e-6, abs=1e-8)
+
+
+def test_stress_matches_finite_strain(x64, small_setup):
+    fns, params, frames, graph, data = small_setup
+    _, _, stress = fns.energy_forces_stress_fn(params, graph, long_range=data)
+    energy_fn = fns.energy_fn
+    volume = abs(np.linalg.det(TRI_CELL))
+    h = 1e-5
+    assert np.abs(np.asarray(stress[0])).max() > 1e-4
+    for a, b in [(0, 0), (1, 2), (2, 0)]:
+        values = []
+        for sign in (1, -1):
+            deform = np.eye(3)
+            deform[a, b] += sign * h
+            pos = np.asarray(graph.positions).copy()
+            pos[:4] = pos[:4] @ deform
+            cell = np.asarray(graph.cell).copy()
+            cell[0] = cell[0] @ deform
+            e = energy_fn(
+                params, graph, jnp.asarray(pos), jnp.asarray(cell), long_range=data
+            )
+            values.append(float(e[0]))
+        fd = (values[0] - values[1]) / (2 * h) / volume
+        assert float(stress[0, a, b]) == pytest.approx(fd, rel=1e-6, abs=1e-9)
+
+
+def test_energy_is_rotation_and_inversion_invariant(x64, small_setup, rng):
+    fns, params, frames, graph, data = small_setup
+    energy_fn = fns.energy_fn
+    n_tri = frames[0].num_atoms
+    positions = np.concatenate([f.positions for f in frames])
+
+    def fn(pos, q):
+        cell = TRI_CELL @ q.T
+        if np.linalg.det(cell) < 0:
+            cell = -cell  # same lattice, right-handed rows
+        moved = [
+            Frame(
+                positions=pos[:n_tri],
+                numbers=frames[0].numbers,
+                cell=cell,
+                pbc=np.ones(3, bool),
+            ),
+            Frame(positions=pos[n_tri:], numbers=frames[1].numbers),
+        ]
+        g = frames_to_graph(moved, CUTOFF)
+        d = prepare_long_range(g, accuracy=1e-8)
+        return {"energy": np.asarray(energy_fn(params, g, long_range=d))[:2, None]}
+
+    assert_equivariant(fn, positions, {"energy": "0e"}, rng, rtol=1e-9, atol=1e-10)
+
+
+def test_isolated_atom_has_zero_long_range_energy(x64, small_setup):
+    fns, params, *_ = small_setup
+    atom = Frame(positions=np.zeros((1, 3)), numbers=np.array([8]))
+    graph = frames_to_graph([atom], CUTOFF)
+    data = prepare_long_range(graph)
+    out = fns.outputs_fn(params, graph, long_range=data)
+    assert abs(float(out.q[0, 0])) > 1e-4  # a real charge, alone
+    assert float(out.long_range_energy[0]) == 0.0
+    np.testing.assert_array_equal(out.dq[0], 0.0)
+    np.testing.assert_array_equal(out.dmu[0], 0.0)
+
+
+def test_outputs_expose_induced_moments(x64, small_setup):
+    fns, params, frames, graph, data = small_setup
+    out = fns.outputs_fn(params, graph, long_range=data)
+    n = sum(f.num_atoms for f in frames)
+    c = CONFIG.num_charge_channels
+    assert out.dq.shape == (graph.num_atoms, c)
+    assert out.dmu.shape == (graph.num_atoms, c, 3)
+    assert np.abs(np.asarray(out.dq[:n])).max() > 1e-6
+    assert np.abs(np.asarray(out.dmu[:n])).max() > 1e-6
+    np.testing.assert_allclose(out.dq, -out.kappa[:, None] * out.phi, rtol=1e-12)
+    dmu = jnp.einsum("nab,ncb->nca", out.alpha, out.field)
+    np.testing.assert_allclose(out.dmu, dmu, rtol=1e-12, atol=1e-15)
+    # the same moments as electrostatics.long_range on each graph alone
+    refs = _per_graph_reference(frames, out, graph, accuracy=1e-8)
+    start = 0
+    for g, (frame, ref) in enumerate(zip(frames, refs, strict=True)):
+        sl = slice(start, start + frame.num_atoms)
+        start += frame.num_atoms
+        np.testing.assert_allclose(out.dq[sl], ref.dq, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(out.dmu[sl], ref.dmu, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(out.long_range_energy[g], ref.energy, rtol=1e-10)
+    energy = fns.energy_fn(params, graph, long_range=data)
+    e_sr = jax.ops.segment_sum(out.energy, graph.atom_graph, graph.num_graphs)
+    np.testing.assert_allclose(
+        energy[:2], (e_sr + out.long_range_energy)[:2], rtol=1e-12
+    )
+
+
+def test_batch_carries_long_range_data_and_shapes_repeat(x64, small_setup, rng):
+    fns, params, *_ = small_setup
+    prepare = functools.partial(
+        prepare_long_range,
+        accuracy=1e-8,
+        num_periodic=2,
+        num_free=2,
+        atoms_per_graph=8,
+        num_kvectors=2048,
+    )
+    energy_fn = fns.energy_fn
+    compiled = energy_fn._cache_size()
+    results = []
+    for seed in (11, 12):
+        frames = _small_frames(np.random.default_rng(seed))
+        batch = frames_to_batch(frames, CUTOFF, 16, 256, 4, long_range=prepare)
+        assert isinstance(batch, Batch) and isinstance(batch.long_range, LongRangeData)
+        results.append(energy_fn(params, batch.graph, long_range=batch.long_range))
+        # without data the adapter refuses instead of dropping E_lr
+        out = fns.outputs_fn(params, batch.graph, long_range=batch.long_range)
+        with pytest.raises(ValueError, match="prepare_long_range"):
+            graph_long_range(batch.graph, batch.graph.positions, batch.graph.cell, out)
+    assert energy_fn._cache_size() == compiled + 1  # one shape for both batches
+    assert not np.allclose(results[0], results[1])
+    # bind_long_range: the 4-argument form for a fixed structure
+    bound = make_energy_fn(CONFIG, long_range_fn=bind_long_range(batch.long_range))
+    np.testing.assert_allclose(
+        jax.jit(bound.energy_fn)(params, batch.graph), results[1], rtol=1e-12
+    )
+
+
+def test_partial_pbc_is_refused_unless_asked(x64, rng):
+    slab = Frame(
+        positions=rng.uniform(size=(3, 3)) * 3.0,
+        numbers=np.array([8, 1, 1]),
+        cell=np.diag([4.0, 4.0, 12.0]),
+        pbc=np.array([True, True, False]),
+    )
+    graph = frames_to_graph([slab], CUTOFF)
+    with pytest.raises(ValueError, match="partial_pbc"):
+        prepare_long_range(graph)
+    data = prepare_long_range(graph, partial_pbc="periodic", method="ewald")
+    assert data.periodic.num_slots == 1 and data.free.num_slots == 0
