@@ -330,7 +330,7 @@ def test_les_compat_offset_on_water(x64):
 
 def test_potential_field_match_autodiff(x64, rng):
     positions, q, mu, theta = random_system(rng, TRICLINIC)
-    grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-8)
+    grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-6)
 
     def e_fn(q_, mu_):
         return ewald.ewald_energy(
@@ -360,7 +360,7 @@ def test_channels_match_separate_calls(x64, rng):
     q2 = np.stack([q, 0.5 * q[::-1]], axis=1)
     mu2 = np.stack([mu, -mu], axis=1)
     th2 = np.stack([theta, 2 * theta], axis=1)
-    grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-8)
+    grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-6)
     e, phi, field = ewald.ewald_energy_potential_field(
         positions, TRICLINIC, q2, mu2, th2, grid, sigma=SIGMA
     )
@@ -378,6 +378,7 @@ def test_forces_match_finite_differences(x64, rng):
     positions, q, mu, theta = random_system(rng, TRICLINIC, n=6)
     grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-10)
 
+    @jax.jit
     def e_fn(r):
         return ewald.ewald_energy(r, TRICLINIC, q, mu, theta, grid, sigma=SIGMA)
 
@@ -402,6 +403,7 @@ def test_stress_matches_finite_strain(x64, rng):
     def e_fn(r, c):
         return ewald.ewald_energy(r, c, q, mu, theta, grid, sigma=SIGMA)
 
+    @jax.jit
     def strained(eps):
         f = jnp.eye(3) + eps
         return e_fn(positions @ f, TRICLINIC @ f)
@@ -426,7 +428,7 @@ def test_continuity_under_cell_deformation(x64, rng):
     positions, q, mu, theta = random_system(rng, cell, n=8)
     e_self = float(multipoles.self_energy(q, mu, theta, sigma=SIGMA))
     fixed = kgrid.prepare_kgrid(cell, accuracy=1e-9, margin=0.02)
-    for s in (1.0005, 1.001, 1.01):
+    for s in (1.001, 1.01):
         deformed = cell * s
         fresh = kgrid.prepare_kgrid(deformed, accuracy=1e-9)
         e_fixed = energy(positions * s, deformed, q, mu, theta, fixed)
@@ -444,7 +446,7 @@ def test_continuity_under_cell_deformation(x64, rng):
 
 def test_chunked_equals_unchunked(x64, rng):
     positions, q, mu, theta = random_system(rng, TRICLINIC)
-    grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-8)
+    grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-6)
     outs = [
         ewald.ewald_energy_potential_field(
             positions, TRICLINIC, q, mu, theta, grid, sigma=SIGMA, chunk_size=c
@@ -458,7 +460,7 @@ def test_chunked_equals_unchunked(x64, rng):
 
 def test_padding_invariance_and_finite_gradients(x64, rng, debug_nans):
     positions, q, mu, theta = random_system(rng, TRICLINIC, n=8)
-    grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-8)
+    grid = kgrid.prepare_kgrid(TRICLINIC, accuracy=1e-6)
     e0, phi0, field0 = ewald.ewald_energy_potential_field(
         positions, TRICLINIC, q, mu, theta, grid, sigma=SIGMA
     )
