@@ -10,9 +10,13 @@ System: the 192-atom RPBE-D3 water frame (``lesfit_water_rpbe_d3/test-H2O_RPBE-D
 first frame) replicated 1^3 .. 4^3, charges O -0.8 e, H +0.4 e and, for the multipole
 rows, random small dipoles (0.05 e A) and traceless quadrupoles (0.05 e A^2), seeded.
 
-Each configuration runs in its own subprocess (so ``ru_maxrss`` is that configuration's
-peak resident memory): prepare on the host, jit ``value_and_grad`` with respect to the
-positions, one call to compile, then the median wall time of several calls.  Rows:
+Each configuration is prepared on the host and jits ``value_and_grad`` with respect to
+the positions.  Peak memory: every configuration runs once in its own subprocess (so
+``ru_maxrss`` is that configuration's peak resident memory, including the ~300 MB of
+the Python + jax runtime).  Time: all configurations of one (N, dtype) are compiled in
+one subprocess and then called round-robin (9 rounds, 5 from N = 5184 on), so that the
+load of other jobs on the machine hits all rows alike; the median per row is reported.
+Rows:
 
 * ``polmp pme q``: ``pme_energy`` charges only, sigma 1 A, accuracy 1e-5, order 6,
   mesh for charges (``max_multipole_order=0``).
@@ -104,8 +108,8 @@ def _time(fn, args, repeats):
     return float(np.median(times)), compile_s
 
 
-def run_one(method, rep, dtype_name, repeats):
-    """Run one configuration in this process; returns a dict (printed as JSON)."""
+def _build(method, rep, dtype_name):
+    """Jitted energy+forces function, its arguments and an info dict (host setup)."""
     import resource
 
     import jax
@@ -154,7 +158,7 @@ def run_one(method, rep, dtype_name, repeats):
             (np.sum(mu**2) / (3 * SIGMA**3) + np.sum(theta**2) / (10 * SIGMA**5))
             / (2 * EPSILON0 * (2 * np.pi) ** 1.5)
         )
-        return out
+        return None, None, out
 
     if method.startswith("polmp pme"):
         from polmp.electrostatics.pme import pme_energy, prepare_pme
@@ -245,11 +249,15 @@ def run_one(method, rep, dtype_name, repeats):
         )
     elif method == "polmp ewald q":
         if len(q) > 5184:
-            return {"skip": "skipped above N = 5184 (O(N M): ~1 min per call)"}
+            return (
+                None,
+                None,
+                {"skip": "skipped above N = 5184 (O(N M): ~1 min per call)"},
+            )
         try:
             from polmp.electrostatics import api
         except ImportError:
-            return {"skip": "polmp.electrostatics.api not available"}
+            return None, None, {"skip": "polmp.electrostatics.api not available"}
         solver = api.prepare_ewald(
             cell, sigma=SIGMA, accuracy=ACCURACY, max_multipole_order=0
         )
@@ -286,25 +294,52 @@ def run_one(method, rep, dtype_name, repeats):
         fn = jax.jit(jax.value_and_grad(energy))
         args = (cast(pos_), cast(cell_), cast(charges))
 
-    median, compile_s = _time(fn, args, repeats)
+    info["base_mb"] = base_rss
+    return fn, args, info
+
+
+def run_one(method, rep, dtype_name):
+    """Memory run of one configuration (own process): compile, call, peak RSS."""
+    import resource
+
+    fn, args, info = _build(method, rep, dtype_name)
+    if fn is None:
+        return info
+    _, compile_s = _time(fn, args, 1)
     info["energy"] = float(fn(*args)[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    info.update(
-        time_ms=1e3 * median, compile_s=compile_s, peak_mb=peak, base_mb=base_rss
-    )
+    info.update(compile_s=compile_s, peak_mb=peak)
     return info
 
 
-def _subprocess(method, rep, dtype_name, repeats):
-    cmd = [
-        sys.executable,
-        __file__,
-        "--_one",
-        method,
-        str(rep),
-        dtype_name,
-        str(repeats),
-    ]
+def run_group(methods, rep, dtype_name, repeats):
+    """Timing run: all methods in one process, calls interleaved round-robin so that a
+    change of load from other jobs hits every method alike; median per method, ms."""
+    import jax
+    import numpy as np
+
+    fns = {}
+    for method in methods:
+        try:
+            fn, args, _ = _build(method, rep, dtype_name)
+        except Exception:  # reported by the memory run
+            fn = None
+        if fn is not None:
+            jax.block_until_ready(fn(*args))  # compile
+            fns[method] = (fn, args)
+    times = {m: [] for m in fns}
+    for _ in range(repeats):
+        for method, (fn, args) in fns.items():
+            if len(times[method]) >= 3 and np.median(times[method]) > 2.0:
+                continue  # slow rows: three calls are enough
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[method].append(time.perf_counter() - t0)
+    return {m: 1e3 * float(np.median(t)) for m, t in times.items()}
+
+
+def _subprocess(*argv):
+    cmd = [sys.executable, __file__, *map(str, argv)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     return json.loads(line[-1][7:]) if line else {"error": proc.stderr.strip()[-200:]}
@@ -326,12 +361,17 @@ def main():
     parser.add_argument("--quick", action="store_true", help="N = 192 and 1536 only")
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--_one", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--_one", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--_group", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args._one:
-        method, rep, dtype_name, repeats = args._one
+    if args._one or args._group:
         try:
-            out = run_one(method, int(rep), dtype_name, int(repeats))
+            if args._one:
+                method, rep, dtype_name = args._one
+                out = run_one(method, int(rep), dtype_name)
+            else:
+                methods, rep, dtype_name, repeats = args._group
+                out = run_group(methods.split(","), int(rep), dtype_name, int(repeats))
         except Exception as exc:  # report and continue with the other rows
             out = {"error": f"{type(exc).__name__}: {exc}"[:200]}
         print("RESULT " + json.dumps(out))
@@ -353,13 +393,19 @@ def main():
     print("-" * len(header))
     for rep in reps:
         n = 192 * rep**3
-        repeats = 7 if n <= 1536 else 3
+        repeats = 9 if n <= 1536 else 5
         for dtype_name in dtypes:
             if dtype_name == dtypes[0]:
-                reference = _subprocess("reference", rep, "float64", 1)
+                reference = _subprocess("--_one", "reference", rep, "float64")
             results = {}
             for method in methods:
-                results[method] = _subprocess(method, rep, dtype_name, repeats)
+                results[method] = _subprocess("--_one", method, rep, dtype_name)
+            timing = _subprocess(
+                "--_group", ",".join(methods), rep, dtype_name, repeats
+            )
+            for method in methods:
+                if method in timing and "error" not in results[method]:
+                    results[method]["time_ms"] = timing[method]
             ref = results.get("jax-pme P3M", {}).get("time_ms")
             for method in methods:
                 r = results[method]
