@@ -1,0 +1,734 @@
+"""Training and evaluation drivers: ``train(config) -> RunResult``, ``evaluate``.
+
+``train`` (host driver; the jitted parts are the train and eval steps, jitted once
+each at this outermost level):
+
+1. read and split the data (``DataConfig``), refuse unusable data
+   (``pipeline.check_datasets``), fit per-species reference energies by least squares
+   on the training set (``fit_reference_energies``) into ``ModelConfig``;
+2. build ``EnergyFns`` (E = E_sr, plus E_lr through ``graph_long_range`` for variants
+   with latents; each batch's ``Batch.long_range`` is passed on as ``long_range=``);
+3. for each epoch, plan the batch order from (seed, epoch), cut each batch over the
+   D devices of the mesh, and take optimiser steps (weighted MSE, clipping, optimiser,
+   schedule, EMA); validate the EMA parameters every epoch, log one JSON line per epoch,
+   keep the best EMA parameters, stop early after ``patience`` epochs without
+   improvement; checkpoint with orbax (exact resume, ``resume=True``);
+4. at the end, evaluate the best EMA parameters on every set, write parity plots and
+   ``metrics.json``.
+
+Run directory (``RunConfig.output_dir``)::
+
+    config.yaml          resolved config (fitted reference energies included)
+    provenance.json      git hash (if any), package versions, devices, precision
+    metrics.jsonl        one line per epoch
+    metrics.json         final error tables (meV/atom, meV/A, meV/A^3)
+    checkpoints/<step>/  orbax: TrainState + loop state
+    best/                orbax: best EMA parameters
+    parity_energy.png, parity_forces.png
+
+Precision: ``RunConfig.precision == "float64"`` needs ``jax_enable_x64`` on (the CLI
+sets it before anything is built; library code never changes ``jax.config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import json
+import pathlib
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+
+from polmp.config.loader import load_config, to_dict
+from polmp.config.schema import DataConfig, RunConfig
+from polmp.data.batching import frames_to_batch
+from polmp.data.io import read_frames
+from polmp.data.schema import Frame
+from polmp.models import (
+    ModelConfig,
+    count_species,
+    fit_reference_energies,
+    make_energy_fn,
+)
+from polmp.training import checkpoints, pipeline, sharding
+from polmp.training.losses import (
+    LossWeights,
+    error_sums,
+    host_total_loss,
+    make_loss_fn,
+)
+from polmp.training.metrics import format_table, parity_plot, summarize, to_host
+from polmp.training.optim import ema_update, make_optimizer, make_schedule
+from polmp.training.state import LoopState, TrainState
+
+#: packages whose versions go into provenance.json
+_PACKAGES = ("polmp", "jax", "jaxlib", "flax", "optax", "e3nn-jax", "orbax-checkpoint", "numpy")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What ``train`` returns.
+
+    Attributes:
+        run_dir: the run directory.
+        model_config: the model config actually trained (fitted reference energies).
+        params: best EMA parameters (lowest validation loss; final if no validation).
+        history: one dict per finished epoch (the lines of metrics.jsonl).
+        step_losses: training loss of every optimiser step taken in this call.
+        metrics: final error tables, set name ("train", "valid", "test") -> dict.
+        best_epoch: epoch of the best validation loss (-1 if none).
+        best_valid_loss: that loss, or None.
+        num_steps: optimiser steps taken in total (including resumed ones).
+        num_compiled_shapes: distinct batch shapes of the training step.
+        num_eval_shapes: distinct batch shapes of the evaluation step.
+        stopped_early: whether early stopping ended the run.
+    """
+
+    run_dir: str
+    model_config: ModelConfig
+    params: Any
+    history: tuple[dict, ...]
+    step_losses: tuple[float, ...]
+    metrics: dict[str, dict]
+    best_epoch: int
+    best_valid_loss: float | None
+    num_steps: int
+    num_compiled_shapes: int
+    num_eval_shapes: int
+    stopped_early: bool
+
+
+class Evaluation(NamedTuple):
+    """What ``evaluate`` returns: the error table and its printable form."""
+
+    metrics: dict
+    table: str
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_datasets(data: DataConfig) -> tuple[list[Frame], list[Frame], list[Frame]]:
+    """Read and split the data sets of ``data``.  Not jittable.
+
+    Returns:
+        (train, valid, test) lists of frames.
+
+    Raises:
+        ValueError: no ``train_path``, or an empty/too small data set.
+    """
+    if data.train_path is None:
+        raise ValueError("data.train_path is not set (no training data)")
+    keys = {
+        name: value
+        for name, value in (
+            ("energy_key", data.energy_key),
+            ("forces_key", data.forces_key),
+            ("stress_key", data.stress_key),
+        )
+        if value is not None
+    }
+
+    def read(path):
+        frames = read_frames(path, data.index, data.format, **keys)
+        if not frames:
+            raise ValueError(f"{path}: no frames (index {data.index!r})")
+        return frames
+
+    frames = read(data.train_path)
+    valid_fraction = 0.0 if data.valid_path else data.valid_fraction
+    test_fraction = 0.0 if data.test_path else data.test_fraction
+    train, valid, test = pipeline.split_frames(
+        frames, valid_fraction, test_fraction, data.split_seed
+    )
+    if data.valid_path:
+        valid = read(data.valid_path)
+    if data.test_path:
+        test = read(data.test_path)
+    return train, valid, test
+
+
+def fit_model_reference_energies(model: ModelConfig, frames: Sequence[Frame]) -> ModelConfig:
+    """``model`` with reference energies fitted by least squares on ``frames``.
+
+    Frames without an energy are skipped.  Not jittable.
+    """
+    labelled = [f for f in frames if f.energy is not None]
+    if not labelled:
+        return model
+    species = np.concatenate([np.asarray(f.numbers) for f in labelled])
+    atom_graph = np.concatenate(
+        [np.full(f.num_atoms, g) for g, f in enumerate(labelled)]
+    )
+    counts = count_species(species, atom_graph, len(labelled), model.species)
+    energies = np.array([float(f.energy) for f in labelled])
+    reference = fit_reference_energies(counts, energies)
+    return dataclasses.replace(model, reference_energies_eV=tuple(float(e) for e in reference))
+
+
+def _long_range_prepare(config: RunConfig):
+    """Host function graph -> LongRangeData for variants with latents, else None."""
+    if config.model.variant == "sr":
+        return None
+    from polmp.models.long_range import prepare_long_range
+
+    lr = config.long_range
+    return functools.partial(
+        prepare_long_range,
+        sigma=lr.sigma_A,
+        accuracy=lr.accuracy,
+        method=lr.method,
+        les_compat=lr.les_compat,
+    )
+
+
+def _energy_fns(model: ModelConfig):
+    if model.variant == "sr":
+        return make_energy_fn(model)
+    from polmp.models.long_range import graph_long_range
+
+    return make_energy_fn(model, long_range_fn=graph_long_range)
+
+
+def _dtype(precision: str, *, strict: bool = True):
+    if precision == "float64":
+        if jax.config.jax_enable_x64:
+            return np.float64
+        if strict:
+            raise ValueError(
+                "precision 'float64' needs jax_enable_x64 set before jax is used "
+                "(the CLI does this; in Python: jax.config.update('jax_enable_x64', True))"
+            )
+        warnings.warn("x64 is off: evaluating a float64 run in float32", stacklevel=3)
+    return np.float32
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def make_train_step(fns, tx: optax.GradientTransformation, config) -> Any:
+    """Pure training step ``(state, batch, weights) -> (state, (loss, sums))``.
+
+    Not jitted here: ``train`` jits it once with shardings.
+    """
+    loss_fn = make_loss_fn(
+        fns.energy_forces_stress_fn, penalty=config.loss, delta=config.huber_delta
+    )
+    ema_decay = config.ema_decay
+
+    def train_step(state: TrainState, batch, weights: LossWeights):
+        key, _ = jax.random.split(state.key)
+        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, weights
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = ema_update(state.ema_params, params, state.step, ema_decay)
+        new = dataclasses.replace(
+            state,
+            step=state.step + 1,
+            params=params,
+            ema_params=ema,
+            opt_state=opt_state,
+            key=key,
+        )
+        return new, (loss, sums)
+
+    return train_step
+
+
+def make_eval_step(fns, *, penalty: str = "mse", delta: float = 0.01):
+    """Pure evaluation ``(params, batch) -> (sums, energy (D, G), forces (D, N, 3))``."""
+
+    def one(params, batch):
+        energy, forces, stress = fns.energy_forces_stress_fn(
+            params, batch.graph, long_range=batch.long_range
+        )
+        sums = error_sums(energy, forces, stress, batch, penalty=penalty, delta=delta)
+        return sums, energy, forces
+
+    def eval_step(params, batch):
+        sums, energy, forces = jax.vmap(functools.partial(one, params))(batch)
+        return sums.reduce(0), energy, forces
+
+    return eval_step
+
+
+class _Evaluator(NamedTuple):
+    steps: list
+    cache: pipeline.BatchCache
+
+
+def _make_evaluator(frames, config: RunConfig, dtype, mesh, lr_prepare, num_devices):
+    if not frames:
+        return None
+    pool = pipeline.ShapePool()
+    steps = pipeline.make_step_plans(
+        frames,
+        config.cutoff_A,
+        config.training.batch_size,
+        num_devices,
+        pool,
+        edge_counts=pipeline.edge_counts_of(frames, config.cutoff_A),
+        max_shapes=config.data.max_shapes,
+    )
+    cache = pipeline.BatchCache(frames, config.cutoff_A, dtype, mesh, lr_prepare)
+    return _Evaluator(steps, cache)
+
+
+def _run_eval(evaluator: _Evaluator, eval_step, params, *, parity: bool = False):
+    """(host sums dict, parity data or None) over all steps of ``evaluator``."""
+    total = None
+    e_ref, e_pred, f_ref, f_pred = [], [], [], []
+    for step in evaluator.steps:
+        batch = evaluator.cache.get(step)
+        sums, energy, forces = eval_step(params, batch)
+        total = sums if total is None else total + sums
+        if parity:
+            g = batch.graph
+            n = np.asarray(
+                jax.vmap(
+                    lambda m, ag, G=g.num_graphs: jax.ops.segment_sum(
+                        m.astype(jnp.int32), ag, num_segments=G
+                    )
+                )(g.atom_mask, g.atom_graph)
+            )
+            emask = np.asarray(batch.energy_mask & g.graph_mask)
+            safe = np.maximum(n, 1)
+            e_ref.append((np.asarray(batch.energy) / safe)[emask])
+            e_pred.append((np.asarray(energy) / safe)[emask])
+            fmask = np.asarray(batch.forces_mask & g.atom_mask)
+            f_ref.append(np.asarray(batch.forces)[fmask].ravel())
+            f_pred.append(np.asarray(forces)[fmask].ravel())
+    data = None
+    if parity:
+        data = tuple(np.concatenate(x) if x else np.zeros(0) for x in (e_ref, e_pred, f_ref, f_pred))
+    return to_host(total), data
+
+
+# --------------------------------------------------------------------------- run dir
+
+
+def _git_hash() -> str | None:
+    root = pathlib.Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str | None]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _write_run_files(run_dir: pathlib.Path, config: RunConfig, mesh) -> None:
+    with open(run_dir / "config.yaml", "w") as handle:
+        yaml.safe_dump(to_dict(config), handle, sort_keys=False)
+    provenance = {
+        "git_hash": _git_hash(),
+        "versions": _versions(),
+        "python": sys.version.split()[0],
+        "devices": [str(d) for d in mesh.devices.ravel()],
+        "precision": config.precision,
+        "x64": bool(jax.config.jax_enable_x64),
+    }
+    with open(run_dir / "provenance.json", "w") as handle:
+        json.dump(provenance, handle, indent=2)
+
+
+def _weights(config, epoch: int) -> tuple[int, LossWeights]:
+    t = config
+    stage2 = t.stage2_start_epoch is not None and epoch >= t.stage2_start_epoch
+    energy = t.stage2_energy_weight if stage2 else t.energy_weight
+    return (2 if stage2 else 1), LossWeights.create(energy, t.forces_weight, t.stress_weight)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(
+    config: RunConfig,
+    *,
+    datasets: tuple[Sequence[Frame], Sequence[Frame], Sequence[Frame]] | None = None,
+    resume: bool = False,
+) -> RunResult:
+    """Train the model of ``config`` (module docstring).  Host driver.
+
+    Args:
+        config: the run configuration.
+        datasets: (train, valid, test) frames to use instead of ``config.data``'s files
+            (valid/test may be empty).
+        resume: continue from the newest checkpoint in ``config.output_dir`` (the
+            resumed run is bit-identical to an uninterrupted one).
+
+    Returns:
+        ``RunResult``.
+
+    Raises:
+        ValueError: empty data, missing labels, unknown species, precision without
+            x64, too few devices, or ``resume`` without a checkpoint.
+    """
+    t = config.training
+    dtype = _dtype(config.precision)
+    if datasets is None:
+        train_frames, valid_frames, test_frames = load_datasets(config.data)
+    else:
+        train_frames, valid_frames, test_frames = (list(d) for d in datasets)
+    others = {"validation": valid_frames, "test": test_frames}
+    pipeline.check_datasets(
+        train_frames,
+        {k: v for k, v in others.items() if v},
+        model_species=config.model.species,
+        energy_weight=max(t.energy_weight, t.stage2_energy_weight or 0.0),
+        forces_weight=t.forces_weight,
+        stress_weight=t.stress_weight,
+    )
+    run_dir = pathlib.Path(config.output_dir).resolve()
+    manager_dir = run_dir / "checkpoints"
+    has_checkpoints = manager_dir.exists() and any(manager_dir.iterdir())
+    if resume and not has_checkpoints:
+        raise ValueError(f"resume=True but there is no checkpoint in {manager_dir}")
+    if not resume and has_checkpoints:
+        raise ValueError(
+            f"{run_dir} already holds checkpoints of a run: pass resume=True to continue "
+            "it, or choose a new output_dir"
+        )
+    if resume:
+        # the trained model config (with its fitted references) comes from the run
+        model_cfg = load_config(RunConfig, run_dir / "config.yaml").model
+    elif t.fit_reference_energies:
+        model_cfg = fit_model_reference_energies(config.model, train_frames)
+    else:
+        model_cfg = config.model
+    config = dataclasses.replace(config, model=model_cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    mesh = sharding.make_mesh(t.num_devices)
+    _write_run_files(run_dir, config, mesh)
+    fns = _energy_fns(model_cfg)
+    lr_prepare = _long_range_prepare(config)
+    cutoff = config.cutoff_A
+
+    # data: per-epoch plans (from (seed, epoch)) over a shared shape pool
+    train_edges = pipeline.edge_counts_of(train_frames, cutoff)
+    pool = pipeline.ShapePool()
+
+    def epoch_plans(epoch):
+        return pipeline.make_step_plans(
+            train_frames,
+            cutoff,
+            t.batch_size,
+            t.num_devices,
+            pool,
+            edge_counts=train_edges,
+            rng=np.random.default_rng([t.seed, epoch]),
+            max_shapes=config.data.max_shapes,
+        )
+
+    train_cache = pipeline.BatchCache(train_frames, cutoff, dtype, mesh, lr_prepare)
+    steps_per_epoch = -(-len(train_frames) // t.batch_size)
+    total_steps = t.num_epochs * steps_per_epoch
+
+    # model, optimiser, state
+    key = jax.random.PRNGKey(t.seed)
+    init_key, state_key = jax.random.split(key)
+    example = frames_to_batch(train_frames[:1], cutoff, long_range=None)
+    example_graph = jax.tree.map(
+        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        example.graph,
+    )
+    params = jax.jit(fns.model.init)(init_key, example_graph)
+    tx = make_optimizer(t, total_steps)
+    schedule = make_schedule(t, total_steps)
+    state = TrainState.create(params, tx, state_key)
+    loop = LoopState()
+    manager = checkpoints.make_manager(manager_dir)
+    if resume:
+        state, loop, _ = checkpoints.restore_checkpoint(manager, state)
+        # replay the planning of finished epochs so the shape pool (and with it every
+        # padded shape, hence every float sum) is exactly that of an unbroken run
+        for epoch in range(loop.epoch):
+            epoch_plans(epoch)
+    repl = sharding.replicated(mesh)
+    data_sh = sharding.data_sharded(mesh)
+    state = sharding.put_replicated(state, mesh)
+
+    train_step = jax.jit(
+        make_train_step(fns, tx, t),
+        in_shardings=(repl, data_sh, repl),
+        out_shardings=(repl, repl),
+    )
+    eval_step = jax.jit(
+        make_eval_step(fns, penalty=t.loss, delta=t.huber_delta),
+        in_shardings=(repl, data_sh),
+        out_shardings=(repl, data_sh, data_sh),
+    )
+    valid_eval = _make_evaluator(valid_frames, config, dtype, mesh, lr_prepare, t.num_devices)
+
+    history_path = run_dir / "metrics.jsonl"
+    if not resume and history_path.exists():
+        history_path.unlink()
+    history: list[dict] = []
+    step_losses: list[float] = []
+    best_path = run_dir / "best"
+    stopped_early = False
+    step = int(np.asarray(state.step))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total_steps if t.max_steps is None else min(total_steps, t.max_steps),
+        initial=step,
+        disable=not t.progress_bar,
+        desc="train",
+        unit="step",
+        file=sys.stderr,
+    )
+    done = False
+    try:
+        while loop.epoch < t.num_epochs and not done:
+            epoch = loop.epoch
+            stage, weights = _weights(t, epoch)
+            if stage != loop.stage:
+                # a new stage changes the loss: restart the early-stopping record
+                loop = dataclasses.replace(
+                    loop, stage=stage, best_valid_loss=None, epochs_without_improvement=0
+                )
+            weights = sharding.put_replicated(weights, mesh)
+            plans = epoch_plans(epoch)
+            start = time.perf_counter()
+            epoch_sums = None
+            losses = []
+            for plan in plans[loop.batch_in_epoch :]:
+                batch = train_cache.get(plan)
+                state, (loss, sums) = train_step(state, batch, weights)
+                epoch_sums = sums if epoch_sums is None else epoch_sums + sums
+                losses.append(loss)
+                step += 1
+                loop = dataclasses.replace(loop, batch_in_epoch=loop.batch_in_epoch + 1)
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{float(loss):.4g}", epoch=epoch)
+                if t.max_steps is not None and step >= t.max_steps:
+                    done = True
+                    break
+            step_losses.extend(float(x) for x in jax.device_get(losses))
+            if done and loop.batch_in_epoch < len(plans):
+                break  # stopped inside an epoch: no end-of-epoch work
+            record = {
+                "epoch": epoch,
+                "step": step,
+                "stage": stage,
+                "learning_rate": float(schedule(step)),
+                "energy_weight": float(weights.energy),
+                "forces_weight": float(weights.forces),
+                "stress_weight": float(weights.stress),
+            }
+            if epoch_sums is not None:
+                host = to_host(epoch_sums)
+                record["train_loss"] = host_total_loss(host, weights)
+                record.update({f"train_{k}": v for k, v in summarize(host).items()})
+            valid_loss = None
+            if valid_eval is not None:
+                vsums, _ = _run_eval(valid_eval, eval_step, state.ema_params)
+                valid_loss = host_total_loss(vsums, weights)
+                record["valid_loss"] = valid_loss
+                record.update({f"valid_{k}": v for k, v in summarize(vsums).items()})
+            # best parameters and early stopping on the validation loss
+            improved = valid_loss is None or (
+                loop.best_valid_loss is None or valid_loss < loop.best_valid_loss
+            )
+            if improved:
+                loop = dataclasses.replace(
+                    loop,
+                    best_valid_loss=valid_loss,
+                    best_epoch=epoch,
+                    epochs_without_improvement=0,
+                )
+                checkpoints.save_params(best_path, state.ema_params)
+            else:
+                loop = dataclasses.replace(
+                    loop, epochs_without_improvement=loop.epochs_without_improvement + 1
+                )
+            record["num_compiled_shapes"] = len(train_cache.signatures)
+            record["time_s"] = time.perf_counter() - start
+            history.append(record)
+            with open(history_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            loop = dataclasses.replace(loop, epoch=epoch + 1, batch_in_epoch=0)
+            if (
+                t.patience is not None
+                and valid_loss is not None
+                and loop.epochs_without_improvement >= t.patience
+            ):
+                stopped_early = True
+                done = True
+            every = t.checkpoint_every_epochs
+            if every and (epoch + 1) % every == 0 and not done:
+                checkpoints.save_checkpoint(manager, state, loop)
+    finally:
+        bar.close()
+    checkpoints.save_checkpoint(manager, state, loop)
+
+    # final evaluation of the best EMA parameters
+    if best_path.exists():
+        best = checkpoints.load_params(best_path, jax.device_get(state.ema_params))
+    else:
+        best = jax.device_get(state.ema_params)
+    best = sharding.put_replicated(best, mesh)
+    tables: dict[str, dict] = {}
+    parity_data = None
+    sets = [("train", train_frames), ("valid", valid_frames), ("test", test_frames)]
+    parity_set = "test" if test_frames else ("valid" if valid_frames else "train")
+    for name, frames in sets:
+        if not frames:
+            continue
+        evaluator = (
+            valid_eval
+            if name == "valid"
+            else _make_evaluator(frames, config, dtype, mesh, lr_prepare, t.num_devices)
+        )
+        want = t.parity_plots and name == parity_set
+        sums, data = _run_eval(evaluator, eval_step, best, parity=want)
+        tables[name] = summarize(sums)
+        if want:
+            parity_data = data
+    if parity_data is not None:
+        e_ref, e_pred, f_ref, f_pred = parity_data
+        parity_plot(
+            e_ref, e_pred, run_dir / "parity_energy.png",
+            label=f"energy ({parity_set})", unit="eV/atom",
+        )
+        parity_plot(
+            f_ref, f_pred, run_dir / "parity_forces.png",
+            label=f"force components ({parity_set})", unit="eV/A",
+        )
+    num_eval_shapes = len(valid_eval.cache.signatures) if valid_eval is not None else 0
+    summary = {
+        "tables": tables,
+        "best_epoch": loop.best_epoch,
+        "best_valid_loss": loop.best_valid_loss,
+        "num_steps": step,
+        "num_compiled_shapes": len(train_cache.signatures),
+        "num_eval_shapes_valid": num_eval_shapes,
+        "stopped_early": stopped_early,
+    }
+    with open(run_dir / "metrics.json", "w") as handle:
+        json.dump(summary, handle, indent=2)
+    return RunResult(
+        run_dir=str(run_dir),
+        model_config=model_cfg,
+        params=jax.device_get(best),
+        history=tuple(history),
+        step_losses=tuple(step_losses),
+        metrics=tables,
+        best_epoch=loop.best_epoch,
+        best_valid_loss=loop.best_valid_loss,
+        num_steps=step,
+        num_compiled_shapes=len(train_cache.signatures),
+        num_eval_shapes=num_eval_shapes,
+        stopped_early=stopped_early,
+    )
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _resolve_run(path) -> tuple[pathlib.Path, int | None]:
+    """(run directory, checkpoint step or None) of a run dir or a checkpoint path."""
+    path = pathlib.Path(path).resolve()
+    if (path / "config.yaml").exists():
+        return path, None
+    for parent in (path.parent, path.parent.parent):
+        if (parent / "config.yaml").exists():
+            try:
+                return parent, int(path.name)
+            except ValueError:
+                break
+    raise FileNotFoundError(f"{path} is neither a run directory nor a checkpoint of one")
+
+
+def evaluate(run_dir_or_checkpoint, frames: Sequence[Frame], *, batch_size: int | None = None) -> Evaluation:
+    """Error table of a trained run on ``frames``.  Host driver.
+
+    Uses the best EMA parameters of the run directory, or the EMA parameters of the
+    given checkpoint (``<run>/checkpoints/<step>``).
+
+    Args:
+        run_dir_or_checkpoint: a run directory, or one checkpoint step directory.
+        frames: labelled frames (energies and/or forces, stress).
+        batch_size: frames per evaluation batch (default: the run's batch size).
+
+    Returns:
+        ``Evaluation(metrics, table)``: the ``summarize`` dict (meV units) and a
+        printable table.
+
+    Raises:
+        ValueError: no frames, or species the model does not know.
+        FileNotFoundError: not a run directory or checkpoint.
+    """
+    frames = list(frames)
+    if not frames:
+        raise ValueError("no frames to evaluate")
+    run_dir, step = _resolve_run(run_dir_or_checkpoint)
+    config = load_config(RunConfig, run_dir / "config.yaml")
+    unknown = pipeline.species_of(frames) - set(config.model.species)
+    if unknown:
+        raise ValueError(
+            f"frames contain species {sorted(unknown)} that the model "
+            f"{config.model.species} was not trained on"
+        )
+    if batch_size is not None:
+        config = dataclasses.replace(
+            config, training=dataclasses.replace(config.training, batch_size=batch_size)
+        )
+    dtype = _dtype(config.precision, strict=False)
+    fns = _energy_fns(config.model)
+    mesh = sharding.make_mesh(1)
+    lr_prepare = _long_range_prepare(config)
+    example = frames_to_batch(frames[:1], config.cutoff_A)
+    example_graph = jax.tree.map(
+        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        example.graph,
+    )
+    template = jax.jit(fns.model.init)(jax.random.PRNGKey(0), example_graph)
+    best = run_dir / "best"
+    if step is None and best.exists():
+        params = checkpoints.load_params(best, template)
+    else:
+        tx = make_optimizer(config.training, 1)
+        state_template = TrainState.create(template, tx, jax.random.PRNGKey(0))
+        manager = checkpoints.make_manager(run_dir / "checkpoints")
+        state, _, _ = checkpoints.restore_checkpoint(manager, state_template, step)
+        params = state.ema_params
+    evaluator = _make_evaluator(frames, config, dtype, mesh, lr_prepare, 1)
+    eval_step = jax.jit(
+        make_eval_step(fns, penalty=config.training.loss, delta=config.training.huber_delta)
+    )
+    sums, _ = _run_eval(evaluator, eval_step, params)
+    metrics = summarize(sums)
+    return Evaluation(metrics, format_table({"eval": metrics}))
