@@ -2,24 +2,25 @@
 
 One command (from the repository root, venv active)::
 
-    python benchmarks/models.py            # 192 and 1536 atoms, widths "peer" and "small"
+    python benchmarks/models.py            # 192 and 1536 atoms, widths peer and small
     python benchmarks/models.py --quick    # 192 atoms only
 
 For each size, backbone width and variant (``sr``: short range only; ``q``: latent
 charges; ``full``: q + mu + Theta + induced dq + dmu) it jits
-``value_and_grad(sum(energy_fn))`` of ``polmp.models.make_energy_fn`` with the long-range
-adapter ``polmp.models.long_range.graph_long_range`` (method ``auto``: Ewald or PME by
-the electrostatics cost model), and reports the compile time (``lower().compile()``) and
-the step time (median of ``--repeats`` calls after compilation, ``block_until_ready``).
+``value_and_grad(sum(energy_fn))`` of ``polmp.models.make_energy_fn`` with the
+long-range adapter ``polmp.models.long_range.graph_long_range`` (method ``auto``:
+Ewald or PME by the electrostatics cost model; ``full`` is run with PME spline order 6
+and 8), and reports the compile time (``lower().compile()``) and the step time (median
+of ``--repeats`` calls after compilation, ``block_until_ready``).
 
 The peer is the issue's MACE+LES PyTorch run at cutoff 4.5 A, 64x0e+64x1o, l_max 3, one
 layer on the same 2-core CPU (not re-run here: it is not part of this repository):
 sr 83 / 1389 ms, with 1o features 216 / 3526 ms, with charges, dipoles and induced
 terms 284 / 3475 ms at 192 / 1536 atoms.
 
-Structures: the first frame of ``../shared/data/lesfit_water_rpbe_d3/test-H2O_RPBE-D3.xyz``
-(192 atoms) and its 2x2x2 replica (1536 atoms); ``polmp.data.water.water_box`` when the
-data is absent.
+Structures: the first frame of
+``../shared/data/lesfit_water_rpbe_d3/test-H2O_RPBE-D3.xyz`` (192 atoms) and its 2x2x2
+replica (1536 atoms); ``polmp.data.water.water_box`` when the data is absent.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ WIDTHS = {
     "peer": dict(num_channels=64, l_max=2, radial_mlp=(64, 64), readout_hidden=16),
     "small": dict(num_channels=16, l_max=2, radial_mlp=(32,), readout_hidden=16),
 }
-VARIANTS = ("sr", "q", "full")
+#: rows per width: (variant, PME spline order of the long-range data)
+VARIANTS = (("sr", 6), ("q", 6), ("full", 6), ("full", 8))
 
 
 def water_frame(replicate: int) -> Frame:
@@ -105,18 +107,21 @@ def bench_one(graph, data, variant, width, repeats, key):
     params = jax.jit(fns.model.init)(key, graph)
     lr = None if variant == "sr" else data
 
-    def total(positions):
+    # params, graph and long-range data are arguments, not closure constants: XLA
+    # would otherwise constant-fold parameter gathers and flatter the step time
+    def total(positions, params, graph, lr):
         return jnp.sum(fns.energy_fn(params, graph, positions, long_range=lr))
 
     step = jax.jit(jax.value_and_grad(total))
+    args = (graph.positions, params, graph, lr)
     t0 = time.perf_counter()
-    compiled = step.lower(graph.positions).compile()
+    compiled = step.lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(graph.positions))  # warm-up
+    jax.block_until_ready(compiled(*args))  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(compiled(graph.positions))
+        jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
     return compile_s, statistics.median(times)
 
@@ -127,12 +132,18 @@ def machine() -> str:
             ["lscpu"], capture_output=True, text=True, check=False
         ).stdout
         model = next(
-            (ln.split(":", 1)[1].strip() for ln in model.splitlines() if "Model name" in ln),
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in model.splitlines()
+                if "Model name" in ln
+            ),
             platform.processor(),
         )
     except OSError:
         model = platform.processor()
-    return f"{os.cpu_count()} cores ({model}), jax {jax.__version__}, {jax.devices()[0]}"
+    return (
+        f"{os.cpu_count()} cores ({model}), jax {jax.__version__}, {jax.devices()[0]}"
+    )
 
 
 def main(argv=None):
@@ -148,8 +159,8 @@ def main(argv=None):
     print(f"# {machine()}")
     print(f"# command: python {' '.join(sys.argv)}")
     print(
-        f"# float32, cutoff {CUTOFF} A, 1 layer, sigma 1 A, accuracy {args.accuracy:g}, "
-        f"median of {args.repeats}"
+        f"# float32, cutoff {CUTOFF} A, 1 layer, sigma 1 A, "
+        f"accuracy {args.accuracy:g}, median of {args.repeats}"
     )
     header = (
         "| atoms | width | variant | E_lr method | compile (s) | step (ms) | "
@@ -162,19 +173,21 @@ def main(argv=None):
         graph = frames_to_graph([frame], CUTOFF)  # float32 (x64 off)
         # k-space sizes follow the highest multipole each variant has
         datas = {
-            variant: prepare_long_range(
+            (variant, order): prepare_long_range(
                 graph,
                 accuracy=args.accuracy,
                 method="auto",
                 max_multipole_order=0 if variant == "q" else 2,
+                pme_order=order,
             )
-            for variant in ("q", "full")
+            for variant, order in VARIANTS
+            if variant != "sr"
         }
         n = frame.num_atoms
         for width in widths:
             sr_time = None
-            for variant in VARIANTS:
-                data = datas.get(variant)
+            for variant, order in VARIANTS:
+                data = datas.get((variant, order))
                 compile_s, step_s = bench_one(
                     graph, data, variant, width, args.repeats, key
                 )
@@ -183,7 +196,8 @@ def main(argv=None):
                 if data is None:
                     method = "-"
                 elif data.method == "pme":
-                    method = "pme " + "x".join(map(str, data.pme_spec.mesh_shape))
+                    mesh = "x".join(map(str, data.pme_spec.mesh_shape))
+                    method = f"pme p={data.pme_spec.order} {mesh}"
                 else:
                     method = f"ewald M={data.periodic.kvectors.shape[1]}"
                 ratio_peer = f"{1e3 * step_s / peer:.2f}" if peer else "-"
