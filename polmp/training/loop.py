@@ -317,6 +317,62 @@ def _run_eval(evaluator: _Evaluator, eval_step, params, *, parity: bool = False)
     return to_host(total), data
 
 
+def _step_key(training):
+    """``training`` with every field that does not enter the compiled steps reset."""
+    return dataclasses.replace(
+        training,
+        num_epochs=1,
+        max_steps=None,
+        patience=None,
+        seed=0,
+        batch_size=1,
+        num_devices=1,
+        energy_weight=1.0,
+        forces_weight=1.0,
+        stress_weight=0.0,
+        stage2_energy_weight=None,
+        stage2_start_epoch=None,
+        fit_reference_energies=False,
+        checkpoint_every_epochs=0,
+        progress_bar=False,
+        parity_plots=False,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_steps(model_cfg: ModelConfig, training, total_steps: int, mesh):
+    """Jitted (train_step, eval_step) for a model, training config and mesh.
+
+    Cached on these hashable, frozen arguments so that repeated ``train`` calls in one
+    process (resume, sweeps, tests) reuse the compiled code instead of retracing.
+    """
+    fns = _energy_fns(model_cfg)
+    tx = make_optimizer(training, total_steps)
+    repl = sharding.replicated(mesh)
+    data_sh = sharding.data_sharded(mesh)
+    train_step = jax.jit(
+        make_train_step(fns, tx, training),
+        in_shardings=(repl, data_sh, repl),
+        out_shardings=(repl, repl),
+    )
+    return train_step, _compiled_eval(model_cfg, training.loss, training.huber_delta, mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_eval(model_cfg: ModelConfig, loss: str, delta: float, mesh):
+    """Jitted eval_step (cached like ``_compiled_steps``; shared with ``evaluate``)."""
+    fns = _energy_fns(model_cfg)
+    return jax.jit(
+        make_eval_step(fns, penalty=loss, delta=delta),
+        in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+        out_shardings=(
+            sharding.replicated(mesh),
+            sharding.data_sharded(mesh),
+            sharding.data_sharded(mesh),
+        ),
+    )
+
+
 # --------------------------------------------------------------------------- run dir
 
 
@@ -473,20 +529,8 @@ def train(
         # padded shape, hence every float sum) is exactly that of an unbroken run
         for epoch in range(loop.epoch):
             epoch_plans(epoch)
-    repl = sharding.replicated(mesh)
-    data_sh = sharding.data_sharded(mesh)
     state = sharding.put_replicated(state, mesh)
-
-    train_step = jax.jit(
-        make_train_step(fns, tx, t),
-        in_shardings=(repl, data_sh, repl),
-        out_shardings=(repl, repl),
-    )
-    eval_step = jax.jit(
-        make_eval_step(fns, penalty=t.loss, delta=t.huber_delta),
-        in_shardings=(repl, data_sh),
-        out_shardings=(repl, data_sh, data_sh),
-    )
+    train_step, eval_step = _compiled_steps(model_cfg, _step_key(t), total_steps, mesh)
     valid_eval = _make_evaluator(valid_frames, config, dtype, mesh, lr_prepare, t.num_devices)
 
     history_path = run_dir / "metrics.jsonl"
@@ -726,9 +770,10 @@ def evaluate(run_dir_or_checkpoint, frames: Sequence[Frame], *, batch_size: int 
         state, _, _ = checkpoints.restore_checkpoint(manager, state_template, step)
         params = state.ema_params
     evaluator = _make_evaluator(frames, config, dtype, mesh, lr_prepare, 1)
-    eval_step = jax.jit(
-        make_eval_step(fns, penalty=config.training.loss, delta=config.training.huber_delta)
+    eval_step = _compiled_eval(
+        config.model, config.training.loss, config.training.huber_delta, mesh
     )
+    params = sharding.put_replicated(params, mesh)
     sums, _ = _run_eval(evaluator, eval_step, params)
     metrics = summarize(sums)
     return Evaluation(metrics, format_table({"eval": metrics}))
