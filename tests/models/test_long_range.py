@@ -141,6 +141,7 @@ def test_batch_equals_long_range_per_graph(x64, rng):
         np.testing.assert_array_equal(getattr(out, name)[start:], 0.0)
 
 
+@pytest.mark.slow
 def test_pme_group_agrees_with_ewald(x64, rng):
     frames = [_water_frame(), *_small_frames(rng)]
     graph = frames_to_graph(frames, CUTOFF)
