@@ -125,8 +125,9 @@ def test_stacked_subbatches(x64, rng, penalty):
         ]
     )
     params = jnp.asarray(0.3)
-    (l1, s1), g1 = jax.value_and_grad(loss_fn, has_aux=True)(params, whole, weights)
-    (l2, s2), g2 = jax.value_and_grad(loss_fn, has_aux=True)(params, parts, weights)
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    (l1, s1), g1 = grad_fn(params, whole, weights)
+    (l2, s2), g2 = grad_fn(params, parts, weights)
     np.testing.assert_allclose(l2, l1, rtol=1e-12)
     np.testing.assert_allclose(g2, g1, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2), strict=True):

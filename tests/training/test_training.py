@@ -279,3 +279,16 @@ def test_data_from_files(tmp_path):
     assert [f.energy for f in again[1]] == [f.energy for f in valid_set]
     other = load_datasets(dataclasses.replace(data, split_seed=1))
     assert [f.energy for f in other[1]] != [f.energy for f in valid_set]
+
+
+@pytest.mark.slow  # its own compile (another learning rate)
+def test_early_stopping(tmp_path):
+    """With a learning rate below float32 resolution nothing improves: stop after
+    ``patience`` epochs without improvement."""
+    config = make_config(
+        tmp_path / "stop", learning_rate=1e-12, patience=2, stage2_energy_weight=None,
+        stage2_start_epoch=None, ema_decay=None,
+    )
+    result = train(config, datasets=(TRAIN, VALID, []))
+    assert result.stopped_early
+    assert len(result.history) == 3 and result.best_epoch == 0
