@@ -96,7 +96,9 @@ def to_channels(q, mu=None, theta=None) -> Multipoles:
 
     Accepted layouts: ``q`` (N,) with ``mu`` (N, 3) and ``theta`` (N, 3, 3), or ``q``
     (N, C) with ``mu`` (N, C, 3) and ``theta`` (N, C, 3, 3).  A single-channel ``mu``
-    or ``theta`` is broadcast to C channels when ``q`` has channels.
+    or ``theta`` (no channel axis) joins channel 0 when ``q`` has C > 1 channels
+    (zeros in the others), so each physical multipole is counted exactly once:
+    broadcasting it would count its self-interaction C times.
 
     Args:
         q: Float[Array, 'N'] or Float[Array, 'N C'], e.
@@ -127,7 +129,11 @@ def to_channels(q, mu=None, theta=None) -> Multipoles:
             return x
         if x.shape == single:
             x = x[:, None]
-            return jnp.broadcast_to(x, multi) if c > 1 else x
+            if c == 1:
+                return x
+            # Channel 0 carries the single multipole; the other channels hold none.
+            pad = [(0, 0), (0, c - 1)] + [(0, 0)] * len(tail)
+            return jnp.pad(x, pad)
         want = f"{single}" + (f" or {multi}" if has_channels else "")
         raise ValueError(
             f"{name} must have shape {want} to match q {q.shape}, got {x.shape}"
