@@ -179,15 +179,23 @@ class TrainingConfig:
                 f"unknown schedule {self.schedule!r}; expected one of {SCHEDULE_NAMES}"
             )
         if self.loss not in LOSS_NAMES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {LOSS_NAMES}")
+            raise ValueError(
+                f"unknown loss {self.loss!r}; expected one of {LOSS_NAMES}"
+            )
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise ValueError(
+                f"learning_rate must be positive, got {self.learning_rate}"
+            )
         if not 0.0 < self.final_lr_fraction <= 1.0:
             raise ValueError("final_lr_fraction must be in (0, 1]")
         if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm must be positive or null, got {self.clip_norm}")
+            raise ValueError(
+                f"clip_norm must be positive or null, got {self.clip_norm}"
+            )
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) or null, got {self.ema_decay}")
+            raise ValueError(
+                f"ema_decay must be in [0, 1) or null, got {self.ema_decay}"
+            )
         for name in ("batch_size", "num_epochs", "num_devices"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -44,7 +44,10 @@ def make_manager(directory, *, max_to_keep: int | None = 2) -> ocp.CheckpointMan
 
 
 def save_checkpoint(
-    manager: ocp.CheckpointManager, state: TrainState, loop: LoopState, extra: dict | None = None
+    manager: ocp.CheckpointManager,
+    state: TrainState,
+    loop: LoopState,
+    extra: dict | None = None,
 ) -> int:
     """Write ``state`` and ``loop`` at step ``state.step``; returns the step.
 
@@ -120,7 +123,7 @@ def save_params(path, params) -> None:
 
 
 def load_params(path, template):
-    """Read a parameter tree written by ``save_params`` into ``template``'s structure."""
+    """Read a parameter tree written by ``save_params`` into ``template``'s shape."""
     path = pathlib.Path(path).resolve()
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(path, _abstract(template))

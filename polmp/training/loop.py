@@ -73,7 +73,16 @@ from polmp.training.optim import ema_update, make_optimizer, make_schedule
 from polmp.training.state import LoopState, TrainState
 
 #: packages whose versions go into provenance.json
-_PACKAGES = ("polmp", "jax", "jaxlib", "flax", "optax", "e3nn-jax", "orbax-checkpoint", "numpy")
+_PACKAGES = (
+    "polmp",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "e3nn-jax",
+    "orbax-checkpoint",
+    "numpy",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +168,9 @@ def load_datasets(data: DataConfig) -> tuple[list[Frame], list[Frame], list[Fram
     return train, valid, test
 
 
-def fit_model_reference_energies(model: ModelConfig, frames: Sequence[Frame]) -> ModelConfig:
+def fit_model_reference_energies(
+    model: ModelConfig, frames: Sequence[Frame]
+) -> ModelConfig:
     """``model`` with reference energies fitted by least squares on ``frames``.
 
     Frames without an energy are skipped.  Not jittable.
@@ -174,7 +185,9 @@ def fit_model_reference_energies(model: ModelConfig, frames: Sequence[Frame]) ->
     counts = count_species(species, atom_graph, len(labelled), model.species)
     energies = np.array([float(f.energy) for f in labelled])
     reference = fit_reference_energies(counts, energies)
-    return dataclasses.replace(model, reference_energies_eV=tuple(float(e) for e in reference))
+    return dataclasses.replace(
+        model, reference_energies_eV=tuple(float(e) for e in reference)
+    )
 
 
 def _long_range_prepare(config: RunConfig):
@@ -208,7 +221,8 @@ def _dtype(precision: str, *, strict: bool = True):
         if strict:
             raise ValueError(
                 "precision 'float64' needs jax_enable_x64 set before jax is used "
-                "(the CLI does this; in Python: jax.config.update('jax_enable_x64', True))"
+                "(the CLI does this; in Python: "
+                "jax.config.update('jax_enable_x64', True))"
             )
         warnings.warn("x64 is off: evaluating a float64 run in float32", stacklevel=3)
     return np.float32
@@ -249,7 +263,7 @@ def make_train_step(fns, tx: optax.GradientTransformation, config) -> Any:
 
 
 def make_eval_step(fns, *, penalty: str = "mse", delta: float = 0.01):
-    """Pure evaluation ``(params, batch) -> (sums, energy (D, G), forces (D, N, 3))``."""
+    """Pure evaluation ``(params, batch) -> (sums, energy (D,G), forces (D,N,3))``."""
 
     def one(params, batch):
         energy, forces, stress = fns.energy_forces_stress_fn(
@@ -313,7 +327,10 @@ def _run_eval(evaluator: _Evaluator, eval_step, params, *, parity: bool = False)
             f_pred.append(np.asarray(forces)[fmask].ravel())
     data = None
     if parity:
-        data = tuple(np.concatenate(x) if x else np.zeros(0) for x in (e_ref, e_pred, f_ref, f_pred))
+        data = tuple(
+            np.concatenate(x) if x else np.zeros(0)
+            for x in (e_ref, e_pred, f_ref, f_pred)
+        )
     return to_host(total), data
 
 
@@ -355,7 +372,9 @@ def _compiled_steps(model_cfg: ModelConfig, training, total_steps: int, mesh):
         in_shardings=(repl, data_sh, repl),
         out_shardings=(repl, repl),
     )
-    return train_step, _compiled_eval(model_cfg, training.loss, training.huber_delta, mesh)
+    return train_step, _compiled_eval(
+        model_cfg, training.loss, training.huber_delta, mesh
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -420,7 +439,9 @@ def _weights(config, epoch: int) -> tuple[int, LossWeights]:
     t = config
     stage2 = t.stage2_start_epoch is not None and epoch >= t.stage2_start_epoch
     energy = t.stage2_energy_weight if stage2 else t.energy_weight
-    return (2 if stage2 else 1), LossWeights.create(energy, t.forces_weight, t.stress_weight)
+    return (2 if stage2 else 1), LossWeights.create(
+        energy, t.forces_weight, t.stress_weight
+    )
 
 
 # --------------------------------------------------------------------------- train
@@ -470,7 +491,8 @@ def train(
         raise ValueError(f"resume=True but there is no checkpoint in {manager_dir}")
     if not resume and has_checkpoints:
         raise ValueError(
-            f"{run_dir} already holds checkpoints of a run: pass resume=True to continue "
+            f"{run_dir} already holds checkpoints of a run: pass resume=True to "
+            "continue "
             "it, or choose a new output_dir"
         )
     if resume:
@@ -531,7 +553,9 @@ def train(
             epoch_plans(epoch)
     state = sharding.put_replicated(state, mesh)
     train_step, eval_step = _compiled_steps(model_cfg, _step_key(t), total_steps, mesh)
-    valid_eval = _make_evaluator(valid_frames, config, dtype, mesh, lr_prepare, t.num_devices)
+    valid_eval = _make_evaluator(
+        valid_frames, config, dtype, mesh, lr_prepare, t.num_devices
+    )
 
     history_path = run_dir / "metrics.jsonl"
     if not resume and history_path.exists():
@@ -560,7 +584,10 @@ def train(
             if stage != loop.stage:
                 # a new stage changes the loss: restart the early-stopping record
                 loop = dataclasses.replace(
-                    loop, stage=stage, best_valid_loss=None, epochs_without_improvement=0
+                    loop,
+                    stage=stage,
+                    best_valid_loss=None,
+                    epochs_without_improvement=0,
                 )
             weights = sharding.put_replicated(weights, mesh)
             plans = epoch_plans(epoch)
@@ -664,12 +691,18 @@ def train(
     if parity_data is not None:
         e_ref, e_pred, f_ref, f_pred = parity_data
         parity_plot(
-            e_ref, e_pred, run_dir / "parity_energy.png",
-            label=f"energy ({parity_set})", unit="eV/atom",
+            e_ref,
+            e_pred,
+            run_dir / "parity_energy.png",
+            label=f"energy ({parity_set})",
+            unit="eV/atom",
         )
         parity_plot(
-            f_ref, f_pred, run_dir / "parity_forces.png",
-            label=f"force components ({parity_set})", unit="eV/A",
+            f_ref,
+            f_pred,
+            run_dir / "parity_forces.png",
+            label=f"force components ({parity_set})",
+            unit="eV/A",
         )
     num_eval_shapes = len(valid_eval.cache.signatures) if valid_eval is not None else 0
     summary = {
@@ -713,10 +746,14 @@ def _resolve_run(path) -> tuple[pathlib.Path, int | None]:
                 return parent, int(path.name)
             except ValueError:
                 break
-    raise FileNotFoundError(f"{path} is neither a run directory nor a checkpoint of one")
+    raise FileNotFoundError(
+        f"{path} is neither a run directory nor a checkpoint of one"
+    )
 
 
-def evaluate(run_dir_or_checkpoint, frames: Sequence[Frame], *, batch_size: int | None = None) -> Evaluation:
+def evaluate(
+    run_dir_or_checkpoint, frames: Sequence[Frame], *, batch_size: int | None = None
+) -> Evaluation:
     """Error table of a trained run on ``frames``.  Host driver.
 
     Uses the best EMA parameters of the run directory, or the EMA parameters of the

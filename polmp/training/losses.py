@@ -217,7 +217,9 @@ def make_loss_fn(
         reduced over devices).
     """
     if penalty not in PENALTIES:
-        raise ValueError(f"unknown loss {penalty!r}; expected one of {sorted(PENALTIES)}")
+        raise ValueError(
+            f"unknown loss {penalty!r}; expected one of {sorted(PENALTIES)}"
+        )
 
     def one(params, batch: Batch) -> ErrorSums:
         energy, forces, stress = energy_forces_stress_fn(

@@ -29,7 +29,10 @@ _TERMS = (
 
 def to_host(sums: ErrorSums) -> dict[str, float]:
     """``ErrorSums`` as a dict of Python floats (float64)."""
-    return {f.name: float(np.asarray(getattr(sums, f.name))) for f in dataclasses.fields(sums)}
+    return {
+        f.name: float(np.asarray(getattr(sums, f.name)))
+        for f in dataclasses.fields(sums)
+    }
 
 
 def summarize(sums: ErrorSums | dict) -> dict[str, float | int | None]:

@@ -2,7 +2,8 @@
 
 ``make_optimizer(config, total_steps)`` builds
 
-    clip_by_global_norm(clip_norm)  ->  scale_by_<optimizer>  ->  scale_by_learning_rate(schedule)
+    clip_by_global_norm(clip_norm) -> scale_by_<optimizer>
+        -> scale_by_learning_rate(schedule)
 
 from the explicit registries ``OPTIMIZERS`` and ``SCHEDULES``.  Schedules are a linear
 warm-up from 0 to ``learning_rate`` over ``warmup_steps``, then "constant", "cosine"
@@ -62,7 +63,7 @@ def _exponential(lr, warmup, total, final_fraction):
     )
 
 
-#: schedule name -> (learning_rate, warmup_steps, total_steps, final_lr_fraction) -> schedule
+#: schedule name -> f(learning_rate, warmup_steps, total_steps, final_lr_fraction)
 SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
     "constant": _constant,
     "cosine": _cosine,
@@ -89,7 +90,9 @@ def make_schedule(config: TrainingConfig, total_steps: int) -> optax.Schedule:
     )
 
 
-def make_optimizer(config: TrainingConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    config: TrainingConfig, total_steps: int
+) -> optax.GradientTransformation:
     """Clipping + optimizer + schedule chain for ``config`` (module docstring).
 
     Args:
@@ -104,7 +107,8 @@ def make_optimizer(config: TrainingConfig, total_steps: int) -> optax.GradientTr
     """
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(
-            f"unknown optimizer {config.optimizer!r}; expected one of {sorted(OPTIMIZERS)}"
+            f"unknown optimizer {config.optimizer!r}; "
+            f"expected one of {sorted(OPTIMIZERS)}"
         )
     if config.schedule not in SCHEDULES:
         raise ValueError(

@@ -68,7 +68,9 @@ class ShapePool:
 
     shapes: set = dataclasses.field(default_factory=set)
 
-    def fit(self, needs: Sequence[tuple[int, int]], num_graphs: int, candidate) -> tuple:
+    def fit(
+        self, needs: Sequence[tuple[int, int]], num_graphs: int, candidate
+    ) -> tuple:
         """The cheapest pooled shape that holds every (atoms, edges) need, else add
         ``candidate`` (which must hold them)."""
         fits = [
@@ -115,7 +117,11 @@ def split_frames(
     test = sorted(order[n_valid : n_valid + n_test].tolist())
     held = set(valid) | set(test)
     train = [k for k in range(count) if k not in held]
-    return [frames[k] for k in train], [frames[k] for k in valid], [frames[k] for k in test]
+    return (
+        [frames[k] for k in train],
+        [frames[k] for k in valid],
+        [frames[k] for k in test],
+    )
 
 
 def species_of(frames: Sequence[Frame]) -> set[int]:
@@ -175,7 +181,10 @@ def check_datasets(
 
 
 def _needs(indices, atoms, edges):
-    return (int(atoms[list(indices)].sum()) + 1, max(int(edges[list(indices)].sum()), 1))
+    return (
+        int(atoms[list(indices)].sum()) + 1,
+        max(int(edges[list(indices)].sum()), 1),
+    )
 
 
 def make_step_plans(
@@ -217,7 +226,8 @@ def make_step_plans(
         # most per_device frames and may be empty for a short last batch
         idx = list(plan.indices)
         chunks = tuple(
-            tuple(idx[d * per_device : (d + 1) * per_device]) for d in range(num_devices)
+            tuple(idx[d * per_device : (d + 1) * per_device])
+            for d in range(num_devices)
         )
         chunked.append((plan, chunks))
     # candidate per-device shape of each bucket shape: its largest chunk need, rounded
@@ -232,7 +242,8 @@ def make_step_plans(
             best[0], best[1] = max(best[0], a), max(best[1], e)
     if num_devices > 1:
         candidates = {
-            k: [round_capacity(v[0]), round_capacity(v[1])] for k, v in candidates.items()
+            k: [round_capacity(v[0]), round_capacity(v[1])]
+            for k, v in candidates.items()
         }
     steps = []
     for plan, chunks in chunked:
@@ -286,7 +297,10 @@ def _cast(tree, dtype):
 def shape_signature(batch) -> tuple:
     """What a jitted step compiles for: tree structure and leaf shapes/dtypes."""
     leaves, treedef = jax.tree.flatten(batch)
-    return (str(treedef), tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves))
+    return (
+        str(treedef),
+        tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves),
+    )
 
 
 class BatchCache:
@@ -326,10 +340,15 @@ class BatchCache:
         if not chunk:
             batch = padding_batch(shape)
             if self.long_range is not None:
-                batch = dataclasses.replace(batch, long_range=self.long_range(batch.graph))
+                batch = dataclasses.replace(
+                    batch, long_range=self.long_range(batch.graph)
+                )
             return batch
         return frames_to_batch(
-            [self.frames[k] for k in chunk], self.cutoff, *shape, long_range=self.long_range
+            [self.frames[k] for k in chunk],
+            self.cutoff,
+            *shape,
+            long_range=self.long_range,
         )
 
     def get(self, step: StepPlan):
@@ -337,7 +356,9 @@ class BatchCache:
         key = (step.chunks, step.shape)
         batch = self._cache.get(key)
         if batch is None:
-            host = [_cast(self._one(chunk, step.shape), self.dtype) for chunk in step.chunks]
+            host = [
+                _cast(self._one(chunk, step.shape), self.dtype) for chunk in step.chunks
+            ]
             stacked = sharding.stack_batches(host)
             self.signatures.add(shape_signature(stacked))
             batch = sharding.put_batch(stacked, self.mesh)

@@ -37,7 +37,9 @@ class TrainState:
     key: jax.Array
 
     @classmethod
-    def create(cls, params, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
+    def create(
+        cls, params, tx: optax.GradientTransformation, key: jax.Array
+    ) -> TrainState:
         """Fresh state at step 0 (EMA starts at ``params``)."""
         return cls(
             step=jnp.zeros((), jnp.int32),

@@ -13,7 +13,10 @@ from polmp.models import ModelConfig
 def test_defaults_and_round_trip(tmp_path):
     config = load_config(
         RunConfig,
-        {"model": {"species": [1, 8], "cutoff_A": 4.5}, "training": {"learning_rate": "1e-3"}},
+        {
+            "model": {"species": [1, 8], "cutoff_A": 4.5},
+            "training": {"learning_rate": "1e-3"},
+        },
         ["training.batch_size=2", "data.valid_fraction=0.2"],
     )
     assert isinstance(config.model, ModelConfig)
@@ -27,7 +30,9 @@ def test_defaults_and_round_trip(tmp_path):
 
 def test_unknown_and_misspelled_keys():
     with pytest.raises(ConfigError, match="training.lerning_rate"):
-        load_config(RunConfig, {"model": {"species": [1]}, "training": {"lerning_rate": 1}})
+        load_config(
+            RunConfig, {"model": {"species": [1]}, "training": {"lerning_rate": 1}}
+        )
     with pytest.raises(ConfigError, match="data.cutoff_nm"):
         load_config(RunConfig, {"model": {"species": [1]}, "data": {"cutoff_nm": 0.5}})
     with pytest.raises(ConfigError, match="model"):
@@ -49,13 +54,18 @@ def test_unknown_and_misspelled_keys():
 )
 def test_invalid_values(section, values, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(RunConfig, {"model": {"species": [1], "cutoff_A": 4.0}, section: values})
+        load_config(
+            RunConfig, {"model": {"species": [1], "cutoff_A": 4.0}, section: values}
+        )
 
 
 def test_precision():
     with pytest.raises(ConfigError, match="precision"):
         load_config(RunConfig, {"model": {"species": [1]}, "precision": "bfloat16"})
-    assert RunConfig(model=ModelConfig(species=(1,)), precision="float64").precision == "float64"
+    assert (
+        RunConfig(model=ModelConfig(species=(1,)), precision="float64").precision
+        == "float64"
+    )
 
 
 def test_plain_construction():

@@ -55,7 +55,9 @@ def molecules(count=8, seed=0, min_atoms=3, max_atoms=6, species=(1, 8)):
                 pos.append(trial)
         pos = np.array(pos)
         e, f, _ = morse(pos, numbers)
-        frames.append(Frame(positions=pos, numbers=numbers.astype(np.int32), energy=e, forces=f))
+        frames.append(
+            Frame(positions=pos, numbers=numbers.astype(np.int32), energy=e, forces=f)
+        )
     return frames
 
 

@@ -40,7 +40,9 @@ def _frames(rng):
         energy=-2.0,
         forces=rng.normal(size=(3, 3)),
     )
-    no_forces = Frame(positions=rng.normal(size=(5, 3)) * 2, numbers=np.ones(5, int), energy=1.0)
+    no_forces = Frame(
+        positions=rng.normal(size=(5, 3)) * 2, numbers=np.ones(5, int), energy=1.0
+    )
     return [periodic, molecule, no_forces]
 
 
@@ -67,7 +69,9 @@ def test_error_sums_against_numpy(x64, rng):
     weights = LossWeights.create(2.0, 3.0, 4.0)
     expected = 2 * np.mean(e_res**2) + 3 * np.mean(f_res**2) + 4 * np.mean(s_res**2)
     np.testing.assert_allclose(total_loss(sums, weights), expected, rtol=1e-6)
-    np.testing.assert_allclose(host_total_loss(to_host(sums), weights), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        host_total_loss(to_host(sums), weights), expected, rtol=1e-6
+    )
     table = summarize(sums)
     np.testing.assert_allclose(
         table["forces_rmse_meV_per_A"], 1e3 * np.sqrt(np.mean(f_res**2)), rtol=1e-10
@@ -154,7 +158,10 @@ def test_stack_batches_refuses_different_shapes(rng):
     frames = _frames(rng)
     with pytest.raises(ValueError, match="pin the capacities"):
         sharding.stack_batches(
-            [frames_to_batch(frames[:1], 2.5, 8, 64, 3), frames_to_batch(frames[1:2], 2.5, 16, 64, 3)]
+            [
+                frames_to_batch(frames[:1], 2.5, 8, 64, 3),
+                frames_to_batch(frames[1:2], 2.5, 16, 64, 3),
+            ]
         )
 
 

@@ -41,7 +41,9 @@ def test_schedules(name):
 
 @pytest.mark.parametrize("name", ["adam", "amsgrad"])
 def test_optimizer_chain_clips_and_descends(name):
-    config = TrainingConfig(optimizer=name, learning_rate=0.1, schedule="constant", clip_norm=1.0)
+    config = TrainingConfig(
+        optimizer=name, learning_rate=0.1, schedule="constant", clip_norm=1.0
+    )
     tx = optim.make_optimizer(config, 100)
     params = {"w": jnp.array([3.0, -4.0])}
     state = tx.init(params)
@@ -89,8 +91,14 @@ def test_step_plans_cover_data_and_bound_shapes(devices):
     seen = set()
     for epoch in range(4):
         steps = pipeline.make_step_plans(
-            frames, 3.0, 5, devices, pool, edge_counts=edges,
-            rng=np.random.default_rng([0, epoch]), max_shapes=4,
+            frames,
+            3.0,
+            5,
+            devices,
+            pool,
+            edge_counts=edges,
+            rng=np.random.default_rng([0, epoch]),
+            max_shapes=4,
         )
         assert len(steps) == 8
         assert sorted(k for s in steps for k in s.indices) == list(range(40))
@@ -106,11 +114,21 @@ def test_step_plans_cover_data_and_bound_shapes(devices):
     assert len(seen) == len(pool.shapes) <= 6  # 4 bucket shapes + few later additions
     # the frames of each step do not depend on the number of devices
     one = pipeline.make_step_plans(
-        frames, 3.0, 5, 1, pipeline.ShapePool(), edge_counts=edges,
+        frames,
+        3.0,
+        5,
+        1,
+        pipeline.ShapePool(),
+        edge_counts=edges,
         rng=np.random.default_rng([0, 0]),
     )
     many = pipeline.make_step_plans(
-        frames, 3.0, 5, devices, pipeline.ShapePool(), edge_counts=edges,
+        frames,
+        3.0,
+        5,
+        devices,
+        pipeline.ShapePool(),
+        edge_counts=edges,
         rng=np.random.default_rng([0, 0]),
     )
     assert [s.indices for s in one] == [s.indices for s in many]
@@ -122,11 +140,19 @@ def test_batch_cache_builds_once(rng):
 
     cache = pipeline.BatchCache(frames, 3.0, np.float32, sharding.make_mesh(1))
     steps = pipeline.make_step_plans(
-        frames, 3.0, 4, 1, pipeline.ShapePool(), edge_counts=pipeline.edge_counts_of(frames, 3.0)
+        frames,
+        3.0,
+        4,
+        1,
+        pipeline.ShapePool(),
+        edge_counts=pipeline.edge_counts_of(frames, 3.0),
     )
     first = cache.get(steps[0])
     assert cache.get(steps[0]) is first
-    assert first.graph.positions.shape[0] == 1 and first.graph.positions.dtype == np.float32
+    assert (
+        first.graph.positions.shape[0] == 1
+        and first.graph.positions.dtype == np.float32
+    )
     assert len(cache.signatures) == 1
 
 
@@ -135,4 +161,6 @@ def test_config_validation():
         TrainingConfig(optimizer="sgd")
     with pytest.raises(ValueError, match="go together"):
         TrainingConfig(stage2_energy_weight=10.0)
-    assert dataclasses.replace(TrainingConfig(), stage2_energy_weight=10.0, stage2_start_epoch=5)
+    assert dataclasses.replace(
+        TrainingConfig(), stage2_energy_weight=10.0, stage2_start_epoch=5
+    )

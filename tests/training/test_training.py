@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import yaml
 
 from polmp.config.loader import ConfigError, load_config
 from polmp.config.schema import RunConfig, TrainingConfig
@@ -112,7 +111,13 @@ def test_compiled_shapes_reported(run):
 def test_reference_energies(run):
     _, result = run
     # Morse pair energies shift the fit a little; the offsets dominate
-    fitted = dict(zip(result.model_config.species, result.model_config.reference_energies_eV))
+    fitted = dict(
+        zip(
+            result.model_config.species,
+            result.model_config.reference_energies_eV,
+            strict=True,
+        )
+    )
     for z, e in REFERENCE.items():
         assert abs(fitted[z] - e) < 1.0
     # energies exactly linear in the counts are recovered to round-off
@@ -121,7 +126,11 @@ def test_reference_energies(run):
     for _ in range(6):
         numbers = rng.choice([1, 8], size=int(rng.integers(2, 7)))
         e = sum({1: -1.25, 8: -7.5}[int(z)] for z in numbers)
-        frames.append(Frame(positions=rng.normal(size=(len(numbers), 3)), numbers=numbers, energy=e))
+        frames.append(
+            Frame(
+                positions=rng.normal(size=(len(numbers), 3)), numbers=numbers, energy=e
+            )
+        )
     model = fit_model_reference_energies(tiny_model(), frames)
     np.testing.assert_allclose(model.reference_energies_eV, (-1.25, -7.5), rtol=1e-10)
 
@@ -171,7 +180,9 @@ def test_resume_is_bit_identical(run, tmp_path):
     leaves_b = jax.tree.leaves(state_b)
     assert len(leaves_a) == len(leaves_b) > 5
     for a, b in zip(leaves_a, leaves_b, strict=True):
-        assert np.array_equal(np.asarray(a), np.asarray(b))  # params, EMA, opt state, key
+        assert np.array_equal(
+            np.asarray(a), np.asarray(b)
+        )  # params, EMA, opt state, key
     # and the run did move away from the initial parameters
     assert part2.step_losses[-1] != part1.step_losses[0]
 
@@ -180,15 +191,24 @@ def test_evaluate_matches_training_tables(run):
     _, result = run
     evaluation = evaluate(result.run_dir, VALID)
     metrics, table = evaluation
-    for key in ("energy_rmse_meV_per_atom", "forces_rmse_meV_per_A", "forces_mae_meV_per_A"):
-        np.testing.assert_allclose(metrics[key], result.metrics["valid"][key], rtol=1e-5)
+    for key in (
+        "energy_rmse_meV_per_atom",
+        "forces_rmse_meV_per_A",
+        "forces_mae_meV_per_A",
+    ):
+        np.testing.assert_allclose(
+            metrics[key], result.metrics["valid"][key], rtol=1e-5
+        )
     assert "E RMSE" in table and "meV/atom" in table
     # a checkpoint path works too (EMA params of the final step)
     checkpoint = sorted((pathlib.Path(result.run_dir) / "checkpoints").iterdir())[-1]
     metrics_ckpt, _ = evaluate(checkpoint, VALID)
     assert np.isfinite(metrics_ckpt["forces_rmse_meV_per_A"])
     with pytest.raises(ValueError, match="species"):
-        evaluate(result.run_dir, [dataclasses.replace(VALID[0], numbers=np.full(VALID[0].num_atoms, 6))])
+        evaluate(
+            result.run_dir,
+            [dataclasses.replace(VALID[0], numbers=np.full(VALID[0].num_atoms, 6))],
+        )
 
 
 # ----------------------------------------------------------------- clear errors
@@ -205,7 +225,9 @@ def test_missing_forces_label(tmp_path):
 def test_unseen_species_in_validation(tmp_path):
     valid = [dataclasses.replace(VALID[0], numbers=np.full(VALID[0].num_atoms, 1))]
     only_o = [dataclasses.replace(f, numbers=np.full(f.num_atoms, 8)) for f in TRAIN]
-    with pytest.raises(ValueError, match=r"validation data contain species \[1\] not seen"):
+    with pytest.raises(
+        ValueError, match=r"validation data contain species \[1\] not seen"
+    ):
         train(make_config(tmp_path / "x"), datasets=(only_o, valid, []))
 
 
@@ -222,7 +244,9 @@ def test_empty_dataset(tmp_path):
     empty.write_text("")
     config = dataclasses.replace(
         make_config(tmp_path / "y"),
-        data=load_config(RunConfig, {"model": {"species": [1]}, "data": {"train_path": str(empty)}}).data,
+        data=load_config(
+            RunConfig, {"model": {"species": [1]}, "data": {"train_path": str(empty)}}
+        ).data,
     )
     with pytest.raises(ValueError):
         train(config)
@@ -231,7 +255,8 @@ def test_empty_dataset(tmp_path):
 def test_unknown_config_key():
     with pytest.raises(ConfigError, match="lerning_rate"):
         load_config(
-            RunConfig, {"model": {"species": [1, 8]}, "training": {"lerning_rate": 1e-3}}
+            RunConfig,
+            {"model": {"species": [1, 8]}, "training": {"lerning_rate": 1e-3}},
         )
 
 
@@ -270,7 +295,11 @@ def test_data_from_files(tmp_path):
         RunConfig,
         {
             "model": {"species": [1, 8]},
-            "data": {"train_path": str(path), "valid_fraction": 0.2, "test_fraction": 0.1},
+            "data": {
+                "train_path": str(path),
+                "valid_fraction": 0.2,
+                "test_fraction": 0.1,
+            },
         },
     ).data
     train_set, valid_set, test_set = load_datasets(data)
@@ -286,8 +315,12 @@ def test_early_stopping(tmp_path):
     """With a learning rate below float32 resolution nothing improves: stop after
     ``patience`` epochs without improvement."""
     config = make_config(
-        tmp_path / "stop", learning_rate=1e-12, patience=2, stage2_energy_weight=None,
-        stage2_start_epoch=None, ema_decay=None,
+        tmp_path / "stop",
+        learning_rate=1e-12,
+        patience=2,
+        stage2_energy_weight=None,
+        stage2_start_epoch=None,
+        ema_decay=None,
     )
     result = train(config, datasets=(TRAIN, VALID, []))
     assert result.stopped_early
