@@ -18,8 +18,9 @@ cubic box).  Two kinds of frames are produced:
 xTB polarizabilities are far too small and are not labelled.
 
 Every frame records the method, the tblite version and all settings in its header.
-Results are appended to ``WORK/<kind>.partial.extxyz`` (``--work``, default ``--out``) as they arrive (a restart skips
-the frames already there), then packed, sorted, into ``OUT/water_gfn2_<kind>.extxyz.xz``.
+Results are appended to ``WORK/<kind>.partial.extxyz`` (``--work``, default ``--out``)
+as they arrive (a restart skips the frames already there), then packed, sorted, into
+``OUT/water_gfn2_<kind>.extxyz.xz``.
 
 Usage (2 worker processes, low priority, one OpenMP thread each)::
 
@@ -260,7 +261,10 @@ def molecules(atoms) -> list[list[int]]:
         atoms.positions[h], atoms.positions[o], cell=atoms.cell, pbc=atoms.pbc
     )
     owner = d.argmin(axis=1)
-    mols = [[int(oi)] + [int(h[k]) for k in np.where(owner == j)[0]] for j, oi in enumerate(o)]
+    mols = [
+        [int(oi)] + [int(h[k]) for k in np.where(owner == j)[0]]
+        for j, oi in enumerate(o)
+    ]
     if any(len(m) != 3 for m in mols) or d.min(axis=1).max() > 1.3:
         raise ValueError("source frame is not made of intact H2O molecules")
     return mols
@@ -292,7 +296,9 @@ def cut_cluster(atoms, n_mol: int, centre: int):
     radius = float(dist[order[-1]])
     half = 0.5 * min(np.linalg.norm(cell, axis=1))
     if radius >= half - 0.3:
-        raise ValueError(f"cluster radius {radius:.2f} A too close to half box {half:.2f}")
+        raise ValueError(
+            f"cluster radius {radius:.2f} A too close to half box {half:.2f}"
+        )
     new_pos, new_num = [], []
     for j in order:
         o_pos = o_centre + o_vec[j]
@@ -322,7 +328,9 @@ def cluster_plan(n_clusters: int, n_source: int, seed: int = SEED) -> list[dict]
                 "cluster_id": k,
                 "source_index": int(rng.integers(n_source)),
                 "centre_molecule": int(rng.integers(32)),
-                "n_molecules": int(rng.integers(CLUSTER_SIZES[0], CLUSTER_SIZES[1] + 1)),
+                "n_molecules": int(
+                    rng.integers(CLUSTER_SIZES[0], CLUSTER_SIZES[1] + 1)
+                ),
             }
         )
     return plan
@@ -392,7 +400,7 @@ def _done_keys(partial: Path, kind: str) -> set[int]:
 
 
 def pack(work: Path, out: Path, kind: str) -> int:
-    """Sort ``WORK/<kind>.partial.extxyz`` by key; write ``OUT/water_gfn2_<kind>.extxyz.xz``."""
+    """Sort ``WORK/<kind>.partial.extxyz`` into ``OUT/water_gfn2_<kind>.extxyz.xz``."""
     from polmp.data.io import read_frames, write_extxyz
 
     partial = work / f"{kind}.partial.extxyz"
@@ -403,9 +411,12 @@ def pack(work: Path, out: Path, kind: str) -> int:
     frames.sort(key=lambda f: int(f.info[key]))
     tmp = out / f"water_gfn2_{kind}.extxyz"
     write_extxyz(tmp, frames)
-    with open(tmp, "rb") as src, lzma.open(
-        out / f"water_gfn2_{kind}.extxyz.xz", "wb", preset=9 | lzma.PRESET_EXTREME
-    ) as dst:
+    with (
+        open(tmp, "rb") as src,
+        lzma.open(
+            out / f"water_gfn2_{kind}.extxyz.xz", "wb", preset=9 | lzma.PRESET_EXTREME
+        ) as dst,
+    ):
         dst.write(src.read())
     tmp.unlink()
     return len(frames)
@@ -428,13 +439,19 @@ def run(args) -> None:
         if kind == "bulk":
             todo = [i for i in bulk_plan(n, n_source) if i not in done]
         else:
-            todo = [s for s in cluster_plan(n, n_source, args.seed) if s["cluster_id"] not in done]
+            todo = [
+                s
+                for s in cluster_plan(n, n_source, args.seed)
+                if s["cluster_id"] not in done
+            ]
         print(f"{kind}: {len(done)} done, {len(todo)} to do", flush=True)
         tasks += [(kind, t) for t in todo]
     ctx = multiprocessing.get_context("spawn")
     t_start = time.time()
     count = 0
-    with ctx.Pool(args.workers, initializer=_init_worker, initargs=(str(args.source),)) as pool:
+    with ctx.Pool(
+        args.workers, initializer=_init_worker, initargs=(str(args.source),)
+    ) as pool:
         for kind, key, frame, err, cpu in pool.imap(_work, tasks, chunksize=1):
             if err is not None:
                 print(f"FAILED {kind} {key}: {err}", flush=True)
@@ -479,7 +496,9 @@ def verify(args) -> dict:
                 api_singlepoint(numbers, plus)[2] - api_singlepoint(numbers, minus)[2]
             ) / (2 * h)
     rel = np.linalg.norm(bec_field - bec_disp) / np.linalg.norm(bec_disp)
-    rel_t = np.linalg.norm(bec_field.transpose(0, 2, 1) - bec_disp) / np.linalg.norm(bec_disp)
+    rel_t = np.linalg.norm(bec_field.transpose(0, 2, 1) - bec_disp) / np.linalg.norm(
+        bec_disp
+    )
     asr = np.abs(bec_field.sum(0)).max() / np.abs(bec_field).max()
     summary = {
         "atoms": int(len(numbers)),
@@ -490,8 +509,24 @@ def verify(args) -> dict:
         "bec_field_transposed_vs_dipole_derivative_rel": float(rel_t),
         "bec_max_abs_diff_e": float(np.abs(bec_field - bec_disp).max()),
         "asr_max_sum_over_max_bec": float(asr),
-        "mean_diag_bec_O": float(np.mean([np.trace(z) / 3 for z, n in zip(bec_field, numbers) if n == 8])),
-        "mean_diag_bec_H": float(np.mean([np.trace(z) / 3 for z, n in zip(bec_field, numbers) if n == 1])),
+        "mean_diag_bec_O": float(
+            np.mean(
+                [
+                    np.trace(z) / 3
+                    for z, n in zip(bec_field, numbers, strict=True)
+                    if n == 8
+                ]
+            )
+        ),
+        "mean_diag_bec_H": float(
+            np.mean(
+                [
+                    np.trace(z) / 3
+                    for z, n in zip(bec_field, numbers, strict=True)
+                    if n == 1
+                ]
+            )
+        ),
     }
     print(json.dumps(summary, indent=1))
     return summary

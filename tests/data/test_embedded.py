@@ -1,4 +1,4 @@
-"""The shipped GFN2-xTB water set: it loads, matches its README, and its labels are sane.
+"""The shipped GFN2-xTB water set loads, matches its README, and its labels are sane.
 
 The last tests run the labelling code of experiments/data/label_water_gfn2.py on one
 water molecule (skipped when tblite is not installed).
@@ -150,9 +150,9 @@ def test_label_cluster_one_molecule(tmp_path):
         plus, minus = atoms.positions.copy(), atoms.positions.copy()
         plus[i, b] += h
         minus[i, b] -= h
-        dp = (lab.api_singlepoint(num, plus)[2] - lab.api_singlepoint(num, minus)[2]) / (
-            2 * h
-        )
+        dp = (
+            lab.api_singlepoint(num, plus)[2] - lab.api_singlepoint(num, minus)[2]
+        ) / (2 * h)
         np.testing.assert_allclose(bec[i, :, b], dp, atol=2e-3)
     # the frame round-trips through the extxyz writer/reader with every label
     from polmp.data.io import read_frames
