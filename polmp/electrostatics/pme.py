@@ -89,8 +89,8 @@ i.e. 4e-5 of E_pme).
 Precision: float64 reaches the truncation error of the mesh (~1e-12 relative on fine
 meshes).  In float32 (mesh, FFT and sums in float32) the energy of the 1536-atom
 water benchmark differs from float64 by 5e-8 E_self (1.2e-6 of E_pme) and the forces by
-at most 2e-5 of their rms: the float32 floor is ~1e-7 E_self, so accuracies tighter than that
-only make the float32 mesh larger.
+at most 2e-5 of their rms: the float32 floor is ~1e-7 E_self, so accuracies tighter
+than that only make the float32 mesh larger.
 """
 
 from __future__ import annotations
