@@ -42,8 +42,14 @@ class MDResult:
     num_reallocations: int
 
 
-def make_chunk_fn(step_fn, record_fn=None, *, chunk_steps: int, record_every: int = 1):
+def make_chunk_fn(
+    step_fn, neighbor_update, record_fn=None, *, chunk_steps: int, record_every: int = 1
+):
     """Jitted function running ``chunk_steps`` MD steps in one ``lax.scan``.
+
+    ``neighbor_update(positions, nbrs)`` is the bundle's update (jax-md's
+    ``NeighborListFns.update`` or polmp's, which converts Cartesian positions to the
+    fractional coordinates its list was built with; ``nbrs.update`` would skip that).
 
     Returns:
         ``chunk_fn(state, nbrs) -> (state, nbrs, records)`` where records has a leading
@@ -55,7 +61,7 @@ def make_chunk_fn(step_fn, record_fn=None, *, chunk_steps: int, record_every: in
     def one_step(carry, _):
         state, nbrs = carry
         state = step_fn(state, neighbor=nbrs)
-        nbrs = nbrs.update(state.position)
+        nbrs = neighbor_update(state.position, nbrs)
         return (state, nbrs), None
 
     def recorded_block(carry, _):
@@ -92,7 +98,9 @@ def run_chunked(
     Args:
         step_fn: jax-md step function ``step_fn(state, neighbor=...)``.
         state: initial integrator state.
-        neighbor_fns: ``jax_md.partition.NeighborListFns`` used to reallocate.
+        neighbor_fns: ``jax_md.partition.NeighborListFns`` or
+            ``polmp.geometry.neighbors.NeighborListFns`` (update inside the scan,
+            allocate on overflow).
         neighbor: neighbour list allocated for ``state.position``.
         num_steps: total steps (a multiple of ``chunk_steps``).
         chunk_steps: steps per jitted chunk (one compile for all chunks).
@@ -108,7 +116,9 @@ def run_chunked(
     """
     if num_steps % chunk_steps:
         raise ValueError(f"num_steps ({num_steps}) must be a multiple of chunk_steps ({chunk_steps})")
-    chunk_fn = make_chunk_fn(step_fn, record_fn, chunk_steps=chunk_steps, record_every=record_every)
+    chunk_fn = make_chunk_fn(
+        step_fn, neighbor_fns.update, record_fn, chunk_steps=chunk_steps, record_every=record_every
+    )
     chunks = []
     reallocations = 0
     bar = None
