@@ -236,8 +236,19 @@ def mesh_shape_for(
     return tuple(fft_friendly(max(math.ceil(r - 1e-9), order)) for r in raw)
 
 
+#: Default cap on K_1 K_2 K_3 in ``prepare_pme`` (2^27 points: 0.5 GB per float32 mesh).
+MAX_MESH_POINTS = 2**27
+
+
 def prepare_pme(
-    cell, *, sigma, accuracy, order=6, mesh_spacing=None, max_multipole_order=2
+    cell,
+    *,
+    sigma,
+    accuracy,
+    order=6,
+    mesh_spacing=None,
+    max_multipole_order=2,
+    max_mesh_points=MAX_MESH_POINTS,
 ) -> PMESpec:
     """Choose the PME mesh for a concrete cell (host, numpy).  Not jittable.
 
@@ -251,9 +262,14 @@ def prepare_pme(
         max_multipole_order: 0, 1 or 2; the highest multipole that will be spread
             (default 2, safe for q, mu and Theta; 0 gives a smaller mesh for charges
             only).
+        max_mesh_points: refuse meshes with more points than this (quadrupoles at
+            tight accuracy and low order ask for very fine meshes; raise it knowingly).
 
     Returns:
         :class:`PMESpec` with the mesh shape and order.
+
+    Raises:
+        ValueError: invalid cell, order < 4, or a mesh above ``max_mesh_points``.
     """
     from polmp.geometry.cell import validate_cell
 
@@ -275,6 +291,15 @@ def prepare_pme(
         mesh_spacing=mesh_spacing,
         max_multipole_order=max_multipole_order,
     )
+    points = int(np.prod(shape))
+    if points > max_mesh_points:
+        raise ValueError(
+            f"PME mesh {shape} has {points:.3g} points (> max_mesh_points = "
+            f"{max_mesh_points:.3g}) for order {order}, accuracy {accuracy:g} and "
+            f"max_multipole_order {max_multipole_order}: use a higher order (8 needs a "
+            "much coarser mesh for quadrupoles), a looser accuracy, or raise "
+            "max_mesh_points"
+        )
     return PMESpec(
         mesh_shape=shape, order=order, sigma=float(sigma), accuracy=float(accuracy)
     )
