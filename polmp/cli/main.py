@@ -3,11 +3,14 @@
 The CLI holds no physics: it parses options, sets jax precision (x64, matmul
 precision) *before* anything is built, and calls library functions.
 
-Verbs available now:
-    demo   the embedded default job: build a 64-molecule water box, give it fixed
-           point-charge-like latents, and print its long-range energy, forces and
-           timings from every electrostatics method (Ewald, PME, the reference
-           implementation's truncated k-set), plus the cluster (direct-sum) limit.
+Verbs:
+    demo      the embedded default job: build a 64-molecule water box, give it fixed
+              point-charge-like latents, and print its long-range energy, forces and
+              timings from every electrostatics method (Ewald, PME, the reference
+              implementation's truncated k-set), plus the cluster (direct-sum) limit.
+    train     polmp train CONFIG.yaml [dotted.key=value ...] [--resume]
+    sweep     polmp sweep CONFIG.yaml --grid key=[a,b] [--grid ...] [key=value ...]
+    evaluate  polmp evaluate RUN_DIR_OR_CHECKPOINT DATA [--format FMT]
 """
 
 from __future__ import annotations
@@ -94,6 +97,75 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run_config(path, overrides):
+    from polmp.config.loader import load_config
+    from polmp.config.schema import RunConfig
+
+    return load_config(RunConfig, path, overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train from a YAML config with dotted overrides; prints the final error tables."""
+    config = _load_run_config(args.config, args.overrides)
+    _set_precision(config.precision)
+    from polmp.training.loop import train
+    from polmp.training.metrics import format_table
+
+    result = train(config, resume=args.resume)
+    print(f"run directory: {result.run_dir}")
+    print(format_table(result.metrics))
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Train every point of a grid over config keys; print a summary table."""
+    import dataclasses
+
+    import yaml
+
+    from polmp.config.loader import expand_sweep, parse_override, set_dotted
+    from polmp.config.schema import RunConfig
+
+    with open(args.config) as handle:
+        base = yaml.safe_load(handle) or {}
+    for text in args.overrides:
+        key, value = parse_override(text)
+        base = set_dotted(base, key, value)
+    grid = dict(parse_override(text) for text in args.grid)
+    points = expand_sweep(RunConfig, base, grid)
+    _set_precision(points[0][1].precision)
+    from polmp.training.loop import train
+
+    rows = []
+    for point, config in points:
+        name = ",".join(f"{k}={v}" for k, v in point.items())
+        run_dir = f"{config.output_dir}/{name.replace('/', '_')}"
+        result = train(dataclasses.replace(config, output_dir=run_dir))
+        split = "test" if "test" in result.metrics else "valid" if "valid" in result.metrics else "train"
+        m = result.metrics[split]
+        rows.append(
+            (name, split, m.get("energy_rmse_meV_per_atom"), m.get("forces_rmse_meV_per_A"))
+        )
+    print(f"\n{'point':<40}{'set':>7}{'E RMSE (meV/atom)':>20}{'F RMSE (meV/A)':>17}")
+    for name, split, e, f in rows:
+        e_text = "-" if e is None else f"{e:.3f}"
+        f_text = "-" if f is None else f"{f:.2f}"
+        print(f"{name:<40}{split:>7}{e_text:>20}{f_text:>17}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Error table of a trained run (or one checkpoint) on a labelled data file."""
+    _set_precision(args.precision)
+    from polmp.data.io import read_frames
+    from polmp.training.loop import evaluate
+
+    frames = read_frames(args.data, format=args.format)
+    result = evaluate(args.run_dir, frames)
+    print(result.table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polmp", description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -103,13 +175,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sigma", type=float, default=1.0, help="Gaussian smearing, A")
     demo.add_argument("--accuracy", type=float, default=1e-6, help="relative accuracy")
     demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=run_demo)
+    demo.set_defaults(handler=run_demo)
+
+    train = verbs.add_parser("train", help="train a model from a YAML run config")
+    train.add_argument("config", help="YAML file (schema: polmp.config.schema.RunConfig)")
+    train.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    train.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
+    train.set_defaults(handler=run_train)
+
+    sweep = verbs.add_parser("sweep", help="train a grid of configs and tabulate errors")
+    sweep.add_argument("config")
+    sweep.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    sweep.add_argument(
+        "--grid", action="append", required=True, help="key=[v1, v2] (repeat for a product)"
+    )
+    sweep.set_defaults(handler=run_sweep)
+
+    evaluate = verbs.add_parser("evaluate", help="error table of a trained run on data")
+    evaluate.add_argument("run_dir", metavar="RUN", help="run directory or checkpoint directory")
+    evaluate.add_argument("data", help="labelled structures (extxyz, RuNNer input.data, ...)")
+    evaluate.add_argument("--format", default=None, help="file format (default: guess)")
+    evaluate.add_argument("--precision", choices=("float32", "float64"), default="float32")
+    evaluate.set_defaults(handler=run_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

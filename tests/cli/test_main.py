@@ -37,3 +37,46 @@ def test_parser_rejects_unknown_verbs_and_bad_options():
         parser.parse_args(["fly"])
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--precision", "float16"])
+
+
+def _write_run(tmp_path):
+    from polmp.data.io import write_extxyz
+    from tests.training.morse import molecules
+
+    data = tmp_path / "morse.xyz"
+    write_extxyz(data, molecules(count=10, seed=1))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"""
+model: {{species: [1, 8], cutoff_A: 3.0, l_max: 1, num_channels: 4, num_layers: 1,
+        num_basis: 4, radial_mlp: [8], readout_hidden: 8, avg_num_neighbors: 3.0,
+        variant: sr}}
+data: {{train_path: {data}, valid_fraction: 0.2}}
+training: {{batch_size: 4, num_epochs: 2, progress_bar: false, parity_plots: false}}
+output_dir: {tmp_path / "run"}
+"""
+    )
+    return data, config
+
+
+def test_train_and_evaluate_from_yaml(tmp_path):
+    data, config = _write_run(tmp_path)
+    out = _run("train", str(config), "training.learning_rate=1e-2")
+    assert "run directory" in out and "valid" in out
+    assert (tmp_path / "run" / "config.yaml").exists()
+    table = _run("evaluate", str(tmp_path / "run"), str(data))
+    row = [line for line in table.splitlines() if line.startswith("eval")][0]
+    assert float(row.split()[1]) > 0  # an energy RMSE in meV/atom
+    # a typo in an override is a clear error, not a silent default
+    bad = subprocess.run(
+        [sys.executable, "-m", "polmp.cli.main", "train", str(config), "training.lerning_rate=1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode != 0 and "lerning_rate" in bad.stderr
+
+
+@pytest.mark.slow
+def test_sweep_tabulates_every_grid_point(tmp_path):
+    data, config = _write_run(tmp_path)
+    out = _run("sweep", str(config), "--grid", "training.seed=[0, 1]")
+    assert "training.seed=0" in out and "training.seed=1" in out
