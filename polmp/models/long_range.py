@@ -184,7 +184,7 @@ def prepare_long_range(
     method: str = "auto",
     max_multipole_order: int = 2,
     les_compat: bool = False,
-    pme_order: int = 6,
+    pme_order: int | None = None,
     partial_pbc: str = "error",
     num_periodic: int | None = None,
     num_free: int | None = None,
@@ -202,7 +202,8 @@ def prepare_long_range(
             ``"pme"``; non-periodic graphs always use the all-pairs sum.
         max_multipole_order: 0 (q), 1 (q, mu) or 2 (q, mu, Theta): sets k_c / the mesh.
         les_compat: the reference implementation's truncated k-set (Ewald only).
-        pme_order: B-spline order of PME.
+        pme_order: B-spline order of PME (default: 8 when quadrupoles are possible,
+            ``max_multipole_order`` 2, else 6: same accuracy on a far coarser mesh).
         partial_pbc: ``"error"`` (refuse graphs periodic in 1 or 2 directions) or
             ``"periodic"`` (treat them as 3D periodic with their cell).
         num_periodic: slots of the periodic group (default: the number of periodic
@@ -220,6 +221,8 @@ def prepare_long_range(
         ValueError: bad method / options, a capacity too small, a partially periodic
             graph with ``partial_pbc="error"``, or a graph with no padding atom/graph.
     """
+    if pme_order is None:
+        pme_order = 8 if max_multipole_order >= 2 else 6
     if method not in PERIODIC_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {PERIODIC_METHODS}")
     if partial_pbc not in ("error", "periodic"):
