@@ -14,6 +14,10 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.py"
 def test_notebook_runs(path):
     env = dict(os.environ, POLMP_SMOKE="1", MPLBACKEND="Agg")
     result = subprocess.run(
-        [sys.executable, str(path)], capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

@@ -8,7 +8,9 @@ from polmp import units
 def test_coulomb_and_eps0_match_method_spec():
     assert abs(units.COULOMB - 14.399645) < 1e-6
     assert abs(units.EPSILON0 - 5.526349e-3) < 1e-9
-    assert math.isclose(units.COULOMB * 4 * math.pi * units.EPSILON0, 1.0, rel_tol=1e-14)
+    assert math.isclose(
+        units.COULOMB * 4 * math.pi * units.EPSILON0, 1.0, rel_tol=1e-14
+    )
 
 
 def test_atomic_units_and_time():
@@ -21,5 +23,7 @@ def test_atomic_units_and_time():
 def test_wavenumber_conversion():
     # omega = 2 pi c nu~: 1000 cm^-1 <-> 2 pi * 2.99792458e-5 cm/fs * 1000 rad/fs
     omega = 2 * math.pi * 2.99792458e10 * 1e-15 * 1000.0
-    assert math.isclose(units.angular_frequency_to_wavenumber(omega), 1000.0, rel_tol=1e-12)
+    assert math.isclose(
+        units.angular_frequency_to_wavenumber(omega), 1000.0, rel_tol=1e-12
+    )
     assert math.isclose(units.INVCM, 1.2398419843e-4, rel_tol=1e-8)

@@ -20,7 +20,6 @@ SHARED_DATA = pathlib.Path(
 RTOL = {np.float32: 1e-4, np.float64: 1e-10}
 
 
-
 def shared_path(*parts) -> pathlib.Path:
     """Path inside ../shared/data; skips the calling test cleanly if it is absent."""
     path = SHARED_DATA.joinpath(*parts)

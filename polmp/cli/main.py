@@ -76,14 +76,23 @@ def run_demo(args: argparse.Namespace) -> int:
 
         def energy(r, options=options):
             out = long_range(
-                r, q, mu, kappa=kappa, alpha=alpha, cell=cell, sigma=args.sigma,
-                accuracy=args.accuracy, **options,
+                r,
+                q,
+                mu,
+                kappa=kappa,
+                alpha=alpha,
+                cell=cell,
+                sigma=args.sigma,
+                accuracy=args.accuracy,
+                **options,
             )
             return out.energy
 
         energy_and_forces = jax.jit(jax.value_and_grad(energy))
         (e, grad), ms = _timed(energy_and_forces, positions)
-        print(f"{label:<28}{float(e):>16.8f}{float(jnp.abs(grad).max()):>18.6f}{ms:>12.2f}")
+        print(
+            f"{label:<28}{float(e):>16.8f}{float(jnp.abs(grad).max()):>18.6f}{ms:>12.2f}"
+        )
 
     # The cluster limit: one molecule's neighbourhood cut out, summed directly.
     centre = frame.positions[:3].mean(0)
@@ -93,7 +102,9 @@ def run_demo(args: argparse.Namespace) -> int:
         lambda r: long_range(r, q[keep], mu[keep], cell=None, sigma=args.sigma).energy
     )
     e_cluster, ms = _timed(cluster, positions[keep])
-    print(f"{f'direct, {keep.sum()}-atom cluster':<28}{float(e_cluster):>16.8f}{'':>18}{ms:>12.2f}")
+    print(
+        f"{f'direct, {keep.sum()}-atom cluster':<28}{float(e_cluster):>16.8f}{'':>18}{ms:>12.2f}"
+    )
     return 0
 
 
@@ -141,10 +152,21 @@ def run_sweep(args: argparse.Namespace) -> int:
         name = ",".join(f"{k}={v}" for k, v in point.items())
         run_dir = f"{config.output_dir}/{name.replace('/', '_')}"
         result = train(dataclasses.replace(config, output_dir=run_dir))
-        split = "test" if "test" in result.metrics else "valid" if "valid" in result.metrics else "train"
+        split = (
+            "test"
+            if "test" in result.metrics
+            else "valid"
+            if "valid" in result.metrics
+            else "train"
+        )
         m = result.metrics[split]
         rows.append(
-            (name, split, m.get("energy_rmse_meV_per_atom"), m.get("forces_rmse_meV_per_A"))
+            (
+                name,
+                split,
+                m.get("energy_rmse_meV_per_atom"),
+                m.get("forces_rmse_meV_per_A"),
+            )
         )
     print(f"\n{'point':<40}{'set':>7}{'E RMSE (meV/atom)':>20}{'F RMSE (meV/A)':>17}")
     for name, split, e, f in rows:
@@ -169,33 +191,52 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polmp", description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
-    demo = verbs.add_parser("demo", help="long-range electrostatics of the embedded water box")
+    demo = verbs.add_parser(
+        "demo", help="long-range electrostatics of the embedded water box"
+    )
     demo.add_argument("--precision", choices=("float32", "float64"), default="float64")
-    demo.add_argument("--molecules-per-side", type=int, default=4, help="box holds n^3 H2O")
+    demo.add_argument(
+        "--molecules-per-side", type=int, default=4, help="box holds n^3 H2O"
+    )
     demo.add_argument("--sigma", type=float, default=1.0, help="Gaussian smearing, A")
     demo.add_argument("--accuracy", type=float, default=1e-6, help="relative accuracy")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=run_demo)
 
     train = verbs.add_parser("train", help="train a model from a YAML run config")
-    train.add_argument("config", help="YAML file (schema: polmp.config.schema.RunConfig)")
+    train.add_argument(
+        "config", help="YAML file (schema: polmp.config.schema.RunConfig)"
+    )
     train.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
-    train.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
+    train.add_argument(
+        "--resume", action="store_true", help="resume from the last checkpoint"
+    )
     train.set_defaults(handler=run_train)
 
-    sweep = verbs.add_parser("sweep", help="train a grid of configs and tabulate errors")
+    sweep = verbs.add_parser(
+        "sweep", help="train a grid of configs and tabulate errors"
+    )
     sweep.add_argument("config")
     sweep.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     sweep.add_argument(
-        "--grid", action="append", required=True, help="key=[v1, v2] (repeat for a product)"
+        "--grid",
+        action="append",
+        required=True,
+        help="key=[v1, v2] (repeat for a product)",
     )
     sweep.set_defaults(handler=run_sweep)
 
     evaluate = verbs.add_parser("evaluate", help="error table of a trained run on data")
-    evaluate.add_argument("run_dir", metavar="RUN", help="run directory or checkpoint directory")
-    evaluate.add_argument("data", help="labelled structures (extxyz, RuNNer input.data, ...)")
+    evaluate.add_argument(
+        "run_dir", metavar="RUN", help="run directory or checkpoint directory"
+    )
+    evaluate.add_argument(
+        "data", help="labelled structures (extxyz, RuNNer input.data, ...)"
+    )
     evaluate.add_argument("--format", default=None, help="file format (default: guess)")
-    evaluate.add_argument("--precision", choices=("float32", "float64"), default="float32")
+    evaluate.add_argument(
+        "--precision", choices=("float32", "float64"), default="float32"
+    )
     evaluate.set_defaults(handler=run_evaluate)
     return parser
 

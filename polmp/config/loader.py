@@ -60,16 +60,23 @@ def _coerce(value, annotation, path: str):
         if isinstance(value, annotation):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for {annotation.__name__}, got {value!r}")
+            raise ConfigError(
+                f"{path}: expected a mapping for {annotation.__name__}, got {value!r}"
+            )
         return from_dict(annotation, value, path=path)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+            return tuple(
+                _coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)
+            )
         if args and len(args) != len(value):
             raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(
+            _coerce(v, a, f"{path}[{i}]")
+            for i, (v, a) in enumerate(zip(args, value, strict=True))
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
@@ -122,8 +129,11 @@ def from_dict(cls, data: dict | None, *, path: str = ""):
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{path}.{name}" if path else name)
     missing = [
-        n for n, f in fields.items()
-        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        n
+        for n, f in fields.items()
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise ConfigError(f"{path or cls.__name__}: missing required key(s) {missing}")
@@ -140,7 +150,9 @@ def to_dict(config) -> dict:
 
     def plain(value):
         if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return {
+                f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+            }
         if isinstance(value, (tuple, list)):
             return [plain(v) for v in value]
         if isinstance(value, dict):
@@ -191,14 +203,18 @@ def load_config(cls, source=None, overrides=()):
         with open(source) as handle:
             data = yaml.safe_load(handle) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: the top level of a config file must be a mapping")
+            raise ConfigError(
+                f"{source}: the top level of a config file must be a mapping"
+            )
     for text in overrides:
         key, value = parse_override(text)
         data = set_dotted(data, key, value)
     return from_dict(cls, data)
 
 
-def expand_sweep(cls, base: dict, grid: dict[str, list]) -> list[tuple[dict[str, Any], Any]]:
+def expand_sweep(
+    cls, base: dict, grid: dict[str, list]
+) -> list[tuple[dict[str, Any], Any]]:
     """All configs of a grid sweep: the product of the value lists of ``grid``.
 
     Args:
@@ -216,7 +232,7 @@ def expand_sweep(cls, base: dict, grid: dict[str, list]) -> list[tuple[dict[str,
     out = []
     for combination in itertools.product(*(grid[k] for k in keys)):
         data = base
-        point = dict(zip(keys, combination))
+        point = dict(zip(keys, combination, strict=True))
         for key, value in point.items():
             data = set_dotted(data, key, value)
         out.append((point, from_dict(cls, data)))

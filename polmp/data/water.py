@@ -32,7 +32,9 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-def water_box(molecules_per_side: int = 4, density_g_cm3: float = 0.997, seed: int = 0) -> Frame:
+def water_box(
+    molecules_per_side: int = 4, density_g_cm3: float = 0.997, seed: int = 0
+) -> Frame:
     """Periodic cubic box of n^3 water molecules at the given density.  Not jittable.
 
     Args:
@@ -83,5 +85,7 @@ def water_box(molecules_per_side: int = 4, density_g_cm3: float = 0.997, seed: i
         numbers=numbers,
         cell=np.eye(3) * length,
         pbc=np.ones(3, bool),
-        info={"source": f"polmp.data.water.water_box(n={n}, density={density_g_cm3}, seed={seed})"},
+        info={
+            "source": f"polmp.data.water.water_box(n={n}, density={density_g_cm3}, seed={seed})"
+        },
     )

@@ -89,7 +89,9 @@ def validate_positions(positions, num_atoms=None, name="positions"):
         raise ValueError(f"{name} has {arr.shape[0]} rows, expected {num_atoms}")
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[:, 0]
-        raise ValueError(f"{name} contains NaN or inf (rows {np.unique(bad)[:10].tolist()})")
+        raise ValueError(
+            f"{name} contains NaN or inf (rows {np.unique(bad)[:10].tolist()})"
+        )
     return arr
 
 
@@ -110,7 +112,9 @@ def validate_cell(cell, *, allow_left_handed=False):
     """
     arr = np.asarray(cell, dtype=np.float64)
     if arr.shape != (3, 3):
-        raise ValueError(f"cell must have shape (3, 3) (rows are lattice vectors), got {arr.shape}")
+        raise ValueError(
+            f"cell must have shape (3, 3) (rows are lattice vectors), got {arr.shape}"
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError("cell contains NaN or inf")
     det = float(np.linalg.det(arr))

@@ -47,7 +47,9 @@ class MDSystem:
     def __post_init__(self):
         species = np.asarray(self.species)
         if species.ndim != 1 or species.size == 0 or np.any(species <= 0):
-            raise ValueError("species must be a non-empty 1D array of atomic numbers (> 0)")
+            raise ValueError(
+                "species must be a non-empty 1D array of atomic numbers (> 0)"
+            )
         if self.cell is not None:
             validate_cell(self.cell)
 
@@ -72,10 +74,14 @@ def md_graph(system: MDSystem, positions, neighbor) -> Graph:
     cell = None if system.cell is None else jnp.asarray(system.cell, dtype)
     idx_i, idx_j, shifts, edge_mask = neighbor_edges(neighbor, positions, cell)
     periodic = system.cell is not None
-    cells = jnp.stack([cell if periodic else jnp.eye(3, dtype=dtype), jnp.eye(3, dtype=dtype)])
+    cells = jnp.stack(
+        [cell if periodic else jnp.eye(3, dtype=dtype), jnp.eye(3, dtype=dtype)]
+    )
     return Graph(
         positions=jnp.concatenate([positions, jnp.zeros((1, 3), dtype)]),
-        species=jnp.concatenate([jnp.asarray(system.species, jnp.int32), jnp.zeros(1, jnp.int32)]),
+        species=jnp.concatenate(
+            [jnp.asarray(system.species, jnp.int32), jnp.zeros(1, jnp.int32)]
+        ),
         atom_graph=jnp.concatenate([jnp.zeros(n, jnp.int32), jnp.ones(1, jnp.int32)]),
         idx_i=idx_i,
         idx_j=idx_j,
@@ -89,7 +95,15 @@ def md_graph(system: MDSystem, positions, neighbor) -> Graph:
     )
 
 
-def bind(energy_fns, params, system: MDSystem, positions, neighbor, *, long_range_options=None):
+def bind(
+    energy_fns,
+    params,
+    system: MDSystem,
+    positions,
+    neighbor,
+    *,
+    long_range_options=None,
+):
     """jax-md energy function ``energy_fn(R, neighbor=nbrs, **kwargs) -> eV`` of a model.
 
     Args:

@@ -17,7 +17,8 @@ returned trajectory never contains a step computed with a truncated list.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,9 @@ def make_chunk_fn(
         axis of length chunk_steps // record_every (None without record_fn).
     """
     if chunk_steps % record_every:
-        raise ValueError(f"chunk_steps ({chunk_steps}) must be a multiple of record_every ({record_every})")
+        raise ValueError(
+            f"chunk_steps ({chunk_steps}) must be a multiple of record_every ({record_every})"
+        )
 
     def one_step(carry, _):
         state, nbrs = carry
@@ -115,9 +118,15 @@ def run_chunked(
         ``MDResult``.
     """
     if num_steps % chunk_steps:
-        raise ValueError(f"num_steps ({num_steps}) must be a multiple of chunk_steps ({chunk_steps})")
+        raise ValueError(
+            f"num_steps ({num_steps}) must be a multiple of chunk_steps ({chunk_steps})"
+        )
     chunk_fn = make_chunk_fn(
-        step_fn, neighbor_fns.update, record_fn, chunk_steps=chunk_steps, record_every=record_every
+        step_fn,
+        neighbor_fns.update,
+        record_fn,
+        chunk_steps=chunk_steps,
+        record_every=record_every,
     )
     chunks = []
     reallocations = 0
@@ -127,7 +136,7 @@ def run_chunked(
 
         bar = tqdm(total=num_steps, unit="step")
     for start in range(0, num_steps, chunk_steps):
-        for attempt in range(max_reallocations + 1):
+        for _ in range(max_reallocations + 1):
             new_state, new_neighbor, records = chunk_fn(state, neighbor)
             if not bool(new_neighbor.did_buffer_overflow):
                 break
@@ -152,7 +161,9 @@ def run_chunked(
     stacked = None
     if chunks:
         stacked = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *chunks)
-    return MDResult(state=state, neighbor=neighbor, records=stacked, num_reallocations=reallocations)
+    return MDResult(
+        state=state, neighbor=neighbor, records=stacked, num_reallocations=reallocations
+    )
 
 
 def kinetic_energy(state) -> jnp.ndarray:

@@ -104,7 +104,9 @@ def born_charges(
         Float[Array, 'N 3 3'], e.
     """
     if cell is None:
-        z = jax.jacrev(lambda r: polarization(charges_fn, r, atom_mask))(positions)  # (3, N, 3)
+        z = jax.jacrev(lambda r: polarization(charges_fn, r, atom_mask))(
+            positions
+        )  # (3, N, 3)
         z = jnp.transpose(z, (1, 0, 2))
     else:
         d_real, d_imag, d_dip = jax.jacrev(
@@ -114,7 +116,8 @@ def born_charges(
         theta = 2.0 * math.pi * s  # (N, 3): [i, a]
         # Re[exp(-i theta_ia) (dRe + i dIm)] = cos dRe + sin dIm
         z_tilde = (
-            jnp.cos(theta).T[:, :, None] * d_real + jnp.sin(theta).T[:, :, None] * d_imag
+            jnp.cos(theta).T[:, :, None] * d_real
+            + jnp.sin(theta).T[:, :, None] * d_imag
         )  # [a, i, b]
         z_charge = jnp.einsum("ac,aib->icb", cell, z_tilde)  # M^T Zt
         z = z_charge + jnp.transpose(d_dip, (1, 0, 2))
@@ -124,7 +127,11 @@ def born_charges(
     if enforce_sum_rule:
         n = z.shape[0] if atom_mask is None else jnp.maximum(atom_mask.sum(), 1)
         correction = z.sum(0) / n
-        z = z - correction if atom_mask is None else jnp.where(atom_mask[:, None, None], z - correction, 0.0)
+        z = (
+            z - correction
+            if atom_mask is None
+            else jnp.where(atom_mask[:, None, None], z - correction, 0.0)
+        )
     return z
 
 

@@ -123,7 +123,9 @@ def quantum_correction_factor(wavenumber, temperature_K: float, kind: str):
         kind: "harmonic", "standard" or "schofield" (see module docstring).
     """
     if kind not in _QUANTUM_CORRECTIONS:
-        raise ValueError(f"unknown quantum correction {kind!r}; choose from {_QUANTUM_CORRECTIONS}")
+        raise ValueError(
+            f"unknown quantum correction {kind!r}; choose from {_QUANTUM_CORRECTIONS}"
+        )
     if not temperature_K > 0:
         raise ValueError("a quantum correction needs a positive temperature_K")
     x = np.asarray(wavenumber) * units.INVCM / (units.KB * temperature_K)  # beta hbar w
@@ -163,7 +165,9 @@ def _finish(
         )
     result = Spectrum(spectrum.wavenumber, intensity)
     if smoothing_fwhm_cm:
-        result = Spectrum(result.wavenumber, _gaussian_smooth(result, smoothing_fwhm_cm))
+        result = Spectrum(
+            result.wavenumber, _gaussian_smooth(result, smoothing_fwhm_cm)
+        )
     if max_wavenumber is not None:
         keep = result.wavenumber <= max_wavenumber
         result = Spectrum(result.wavenumber[keep], result.intensity[keep])
@@ -202,7 +206,9 @@ def ir_spectrum(
     pdot = np.asarray(dipole_derivative)
     if pdot.ndim != 2 or pdot.shape[1] != 3:
         raise ValueError(f"dipole_derivative must have shape (T, 3), got {pdot.shape}")
-    raw = power_spectrum(pdot, timestep_fs, block_length=block_length, overlap=overlap, window=window)
+    raw = power_spectrum(
+        pdot, timestep_fs, block_length=block_length, overlap=overlap, window=window
+    )
     return _finish(
         raw,
         prefactor=1.0 / 3.0,

@@ -21,7 +21,11 @@ def _run(*args):
 
 def test_demo_prints_consistent_long_range_energies():
     out = _run("demo", "--molecules-per-side", "3", "--precision", "float64")
-    rows = {line[:28].strip(): line[28:].split() for line in out.splitlines()[2:] if line.strip()}
+    rows = {
+        line[:28].strip(): line[28:].split()
+        for line in out.splitlines()[2:]
+        if line.strip()
+    }
     ewald = float(rows["ewald (converged)"][0])
     pme = float(rows["pme (converged)"][0])
     compat = float(rows["ewald, les_compat k-set"][0])
@@ -69,8 +73,17 @@ def test_train_and_evaluate_from_yaml(tmp_path):
     assert float(row.split()[1]) > 0  # an energy RMSE in meV/atom
     # a typo in an override is a clear error, not a silent default
     bad = subprocess.run(
-        [sys.executable, "-m", "polmp.cli.main", "train", str(config), "training.lerning_rate=1"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "polmp.cli.main",
+            "train",
+            str(config),
+            "training.lerning_rate=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode != 0 and "lerning_rate" in bad.stderr
 

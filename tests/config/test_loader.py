@@ -61,7 +61,9 @@ def test_bad_configs_are_named(data, match):
 def test_yaml_file_with_dotted_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("name: water\nmodel:\n  cutoff_A: 5.5\n")
-    cfg = load_config(Outer, path, ["model.layers=3", "learning_rate=1e-3", "model.widths=[4, 4]"])
+    cfg = load_config(
+        Outer, path, ["model.layers=3", "learning_rate=1e-3", "model.widths=[4, 4]"]
+    )
     assert cfg.model == Inner(cutoff_A=5.5, layers=3, widths=(4, 4))
     assert cfg.learning_rate == pytest.approx(1e-3)
     with pytest.raises(ConfigError, match="unknown key"):
@@ -71,13 +73,17 @@ def test_yaml_file_with_dotted_overrides(tmp_path):
 
 
 def test_round_trip_through_yaml():
-    cfg = from_dict(Outer, {"name": "x", "model": {"widths": [1, 2]}, "learning_rate": 0.01})
+    cfg = from_dict(
+        Outer, {"name": "x", "model": {"widths": [1, 2]}, "learning_rate": 0.01}
+    )
     again = from_dict(Outer, yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
     assert again == cfg
 
 
 def test_sweep_grid():
-    points = expand_sweep(Outer, {"name": "s"}, {"model.variant": ["sr", "full"], "seed": [0, 1, 2]})
+    points = expand_sweep(
+        Outer, {"name": "s"}, {"model.variant": ["sr", "full"], "seed": [0, 1, 2]}
+    )
     assert len(points) == 6
     assert {(c.model.variant, c.seed) for _, c in points} == {
         (v, s) for v in ("sr", "full") for s in (0, 1, 2)

@@ -14,7 +14,9 @@ def test_water_box_geometry_and_density():
     r_oh = np.linalg.norm(pos[:, 1:] - pos[:, :1], axis=-1)
     np.testing.assert_allclose(r_oh, 0.9572, atol=1e-12)
     v1, v2 = pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0]
-    cos = (v1 * v2).sum(-1) / (np.linalg.norm(v1, axis=-1) * np.linalg.norm(v2, axis=-1))
+    cos = (v1 * v2).sum(-1) / (
+        np.linalg.norm(v1, axis=-1) * np.linalg.norm(v2, axis=-1)
+    )
     np.testing.assert_allclose(np.degrees(np.arccos(cos)), 104.52, atol=1e-9)
     mass_g = (64 * 18.01528) / 6.02214076e23
     density = mass_g / (np.linalg.det(frame.cell) * 1e-24)

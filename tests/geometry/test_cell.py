@@ -14,8 +14,12 @@ TRICLINIC = np.array([[5.0, 0.0, 0.0], [1.3, 4.2, 0.0], [-0.7, 0.9, 6.1]])
 
 def test_reciprocal_duality(x64):
     b = cellmod.reciprocal_cell(jnp.asarray(TRICLINIC))
-    np.testing.assert_allclose(TRICLINIC @ np.asarray(b).T, 2 * math.pi * np.eye(3), atol=1e-12)
-    np.testing.assert_allclose(cellmod.volume(jnp.asarray(TRICLINIC)), np.linalg.det(TRICLINIC))
+    np.testing.assert_allclose(
+        TRICLINIC @ np.asarray(b).T, 2 * math.pi * np.eye(3), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        cellmod.volume(jnp.asarray(TRICLINIC)), np.linalg.det(TRICLINIC)
+    )
 
 
 def test_fractional_round_trip_and_wrap(x64, rng):
@@ -39,7 +43,9 @@ def test_wrap_respects_pbc(x64):
 def test_volume_is_differentiable(x64):
     g = jax.grad(cellmod.volume)(jnp.asarray(TRICLINIC))
     # d det(M)/dM = det(M) inv(M)^T
-    np.testing.assert_allclose(g, np.linalg.det(TRICLINIC) * np.linalg.inv(TRICLINIC).T, rtol=1e-12)
+    np.testing.assert_allclose(
+        g, np.linalg.det(TRICLINIC) * np.linalg.inv(TRICLINIC).T, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,20 @@ from polmp.models.long_range import graph_long_range, prepare_long_range
 from polmp.models.potential import make_energy_fn
 
 CONFIG = ModelConfig(
-    species=(1, 8), cutoff_A=3.5, l_max=1, num_channels=4, num_layers=1, num_basis=4,
-    radial_mlp=(8,), readout_hidden=8, avg_num_neighbors=8.0, variant="q+mu+dq+dmu",
-    q_scale=0.5, mu_scale=0.2, kappa_scale=0.05, alpha_scale=0.05,
+    species=(1, 8),
+    cutoff_A=3.5,
+    l_max=1,
+    num_channels=4,
+    num_layers=1,
+    num_basis=4,
+    radial_mlp=(8,),
+    readout_hidden=8,
+    avg_num_neighbors=8.0,
+    variant="q+mu+dq+dmu",
+    q_scale=0.5,
+    mu_scale=0.2,
+    kappa_scale=0.05,
+    alpha_scale=0.05,
 )
 LR = dict(sigma=1.0, accuracy=1e-8, method="ewald")
 
@@ -38,7 +49,9 @@ def test_bound_energy_and_forces_match_host_graph(setup):
     frame, fns, graph, params = setup
     data = prepare_long_range(graph, **LR)
     e_ref = fns.energy_fn(params, graph, long_range=data)[0]
-    f_ref = -jax.grad(lambda r: fns.energy_fn(params, graph, r, long_range=data)[0])(graph.positions)
+    f_ref = -jax.grad(lambda r: fns.energy_fn(params, graph, r, long_range=data)[0])(
+        graph.positions
+    )
     system = MDSystem(frame.numbers, frame.cell)
     nfns = neighbor_list(CONFIG.cutoff_A, frame.cell, skin=0.3)
     r = jnp.asarray(frame.positions)
@@ -62,15 +75,25 @@ def test_nve_with_model_conserves_energy(setup):
     energy_fn = bind(fns, params, system, r, nbrs, long_range_options=LR)
     mass = jnp.asarray(np.where(frame.numbers == 8, 15.999, 1.008))[:, None]
     init, step = simulate.nve(energy_fn, unwrapped_shift, dt=timestep(0.25))
-    state = init(jax.random.PRNGKey(1), r, kT=thermal_energy(300.0), mass=mass, neighbor=nbrs)
+    state = init(
+        jax.random.PRNGKey(1), r, kT=thermal_energy(300.0), mass=mass, neighbor=nbrs
+    )
 
     def total(s, n):
         return energy_fn(s.position, n) + kinetic_energy(s)
 
     # 50 fs: an untrained model is not a stable liquid (atoms start to collapse after
     # ~60 fs), but energy conservation of the bound model is already visible.
-    result = run_chunked(step, state, nfns, nbrs, num_steps=200, chunk_steps=100,
-                         record_fn=total, record_every=10)
+    result = run_chunked(
+        step,
+        state,
+        nfns,
+        nbrs,
+        num_steps=200,
+        chunk_steps=100,
+        record_fn=total,
+        record_every=10,
+    )
     e = result.records
     kinetic0 = float(kinetic_energy(state))
     assert np.abs(e - e[0]).max() < 1e-3 * kinetic0

@@ -13,13 +13,20 @@ def _lj_system(dtype, density=0.8, n_side=4, seed=0):
     """A Lennard-Jones liquid-like start: a jittered simple cubic lattice (reduced units)."""
     n = n_side**3
     box_size = (n / density) ** (1 / 3)
-    grid = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    grid = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(
+        -1, 3
+    )
     rng = np.random.default_rng(seed)
     r = (grid + 0.5 + 0.05 * rng.normal(size=grid.shape)) * box_size / n_side
     displacement, shift = space.periodic(box_size)
     neighbor_fns, energy_fn = energy.lennard_jones_neighbor_list(
-        displacement, box_size, r_onset=2.0, r_cutoff=2.5, dr_threshold=0.3,
-        format=partition.OrderedSparse, disable_cell_list=True,
+        displacement,
+        box_size,
+        r_onset=2.0,
+        r_cutoff=2.5,
+        dr_threshold=0.3,
+        format=partition.OrderedSparse,
+        disable_cell_list=True,
     )
     return jnp.asarray(r, dtype), box_size, shift, neighbor_fns, energy_fn
 
@@ -37,8 +44,16 @@ def test_nve_energy_drift_bounded_over_10k_steps(precision, bound, request):
     def total(state, nbrs):
         return energy_fn(state.position, neighbor=nbrs) + kinetic_energy(state)
 
-    result = run_chunked(step, state, neighbor_fns, nbrs, num_steps=10_000, chunk_steps=1000,
-                         record_fn=total, record_every=10)
+    result = run_chunked(
+        step,
+        state,
+        neighbor_fns,
+        nbrs,
+        num_steps=10_000,
+        chunk_steps=1000,
+        record_fn=total,
+        record_every=10,
+    )
     e = result.records
     assert e.shape == (1000,)
     # relative drift of the total energy over 10^4 steps (bounded, stated in the docs)
@@ -54,10 +69,18 @@ def test_energy_error_scales_as_timestep_squared(x64):
         nbrs = neighbor_fns.allocate(r)
         init, step = simulate.nve(energy_fn, shift, dt=dt)
         state = init(jax.random.PRNGKey(0), r, kT=0.8, neighbor=nbrs)
-        record = lambda s, n: energy_fn(s.position, neighbor=n) + kinetic_energy(s)  # noqa: E731
+        record = lambda s, n, f=energy_fn: f(s.position, neighbor=n) + kinetic_energy(s)  # noqa: E731
         steps = int(round(2.0 / dt))  # same simulated time
-        e = run_chunked(step, state, neighbor_fns, nbrs, num_steps=steps, chunk_steps=steps // 2,
-                        record_fn=record, record_every=10).records
+        e = run_chunked(
+            step,
+            state,
+            neighbor_fns,
+            nbrs,
+            num_steps=steps,
+            chunk_steps=steps // 2,
+            record_fn=record,
+            record_every=10,
+        ).records
         errors.append(np.abs(e - e[0]).max())
     # velocity Verlet: O(dt^2) -> up to 16x for 4x smaller dt
     assert errors[0] / errors[1] > 5  # measured ~8 (transient from the lattice start)
@@ -70,10 +93,20 @@ def test_recording_observables_does_not_change_the_trajectory(x64):
     state = init(jax.random.PRNGKey(1), r, neighbor=nbrs)
     bare = run_chunked(step, state, neighbor_fns, nbrs, num_steps=200, chunk_steps=100)
     heavy = run_chunked(
-        step, state, neighbor_fns, nbrs, num_steps=200, chunk_steps=100,
-        record_fn=lambda s, n: (jax.grad(energy_fn)(s.position, neighbor=n), quantity.temperature(momentum=s.momentum, mass=s.mass)),
+        step,
+        state,
+        neighbor_fns,
+        nbrs,
+        num_steps=200,
+        chunk_steps=100,
+        record_fn=lambda s, n: (
+            jax.grad(energy_fn)(s.position, neighbor=n),
+            quantity.temperature(momentum=s.momentum, mass=s.mass),
+        ),
     )
-    np.testing.assert_array_equal(np.asarray(bare.state.position), np.asarray(heavy.state.position))
+    np.testing.assert_array_equal(
+        np.asarray(bare.state.position), np.asarray(heavy.state.position)
+    )
     assert heavy.records[0].shape == (200, len(r), 3)
 
 
@@ -89,7 +122,9 @@ def test_overflow_triggers_reallocation_and_same_result(x64):
     ref = run_chunked(step, state, neighbor_fns, good, num_steps=200, chunk_steps=100)
     redo = run_chunked(step, state, neighbor_fns, small, num_steps=200, chunk_steps=100)
     assert redo.num_reallocations >= 1
-    np.testing.assert_allclose(np.asarray(redo.state.position), np.asarray(ref.state.position), atol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(redo.state.position), np.asarray(ref.state.position), atol=1e-10
+    )
 
 
 def test_bad_chunking_is_rejected():

@@ -56,7 +56,9 @@ def test_bec_equals_finite_differences_of_polarization(x64, water_like):
         for b in range(3):
             dr = jnp.zeros_like(r).at[i, b].set(h)
             fd = (pol.polarization(fn, r + dr) - pol.polarization(fn, r - dr)) / (2 * h)
-            np.testing.assert_allclose(z[i, :, b], np.sqrt(1.78) * np.asarray(fd), rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(
+                z[i, :, b], np.sqrt(1.78) * np.asarray(fd), rtol=1e-8, atol=1e-10
+            )
     # the charge derivative matters: these are not just q0 * I
     assert np.abs(z - np.sqrt(1.78) * q0[:, None, None] * np.eye(3)).max() > 1e-2
 
@@ -81,7 +83,10 @@ def test_acoustic_sum_rule_neutral_periodic(x64, rng):
     cell = jnp.eye(3) * 5.0
     r = jnp.asarray(rng.uniform(0, 5, size=(6, 3)))
     rigid = lambda x: (q0, jnp.zeros_like(x))  # noqa: E731
-    assert np.abs(pol.acoustic_sum_rule_violation(pol.born_charges(rigid, r, cell))).max() < 1e-12
+    assert (
+        np.abs(pol.acoustic_sum_rule_violation(pol.born_charges(rigid, r, cell))).max()
+        < 1e-12
+    )
     # With charge transfer of range w the phase form satisfies the sum rule only to
     # O((2 pi w / L)^2): the violation falls as the cell grows around the same cluster.
     violations = []
@@ -89,13 +94,20 @@ def test_acoustic_sum_rule_neutral_periodic(x64, rng):
         big = jnp.eye(3) * length
         z = pol.born_charges(_toy_charges_fn(q0, cell=big), r, big)
         violations.append(float(jnp.abs(pol.acoustic_sum_rule_violation(z)).max()))
-    assert violations[1] < 1e-2 and violations[0] / violations[1] > 10  # ~16 = (80/20)^2
+    assert (
+        violations[1] < 1e-2 and violations[0] / violations[1] > 10
+    )  # ~16 = (80/20)^2
     # a charged system violates it by the net charge; enforcement removes it
     charged = lambda x: (q0 + 0.1, jnp.zeros_like(x))  # noqa: E731
     zc = pol.born_charges(charged, r, cell)
     # mean of q is removed before differentiating, so even this sums to zero
     assert np.abs(pol.acoustic_sum_rule_violation(zc)).max() < 1e-10
-    zf = pol.born_charges(lambda x: (q0 * (1 + 0.01 * x[:, 0]), jnp.zeros_like(x)), r, cell, enforce_sum_rule=True)
+    zf = pol.born_charges(
+        lambda x: (q0 * (1 + 0.01 * x[:, 0]), jnp.zeros_like(x)),
+        r,
+        cell,
+        enforce_sum_rule=True,
+    )
     assert np.abs(pol.acoustic_sum_rule_violation(zf)).max() < 1e-12
 
 
@@ -108,7 +120,9 @@ def test_padding_atoms_do_not_change_born_charges(x64, water_like):
 
     def fn_pad(x):
         q, mu = fn(x[:6])
-        return jnp.concatenate([q, jnp.array([5.0, -3.0])]), jnp.concatenate([mu, jnp.ones((2, 3))])
+        return jnp.concatenate([q, jnp.array([5.0, -3.0])]), jnp.concatenate(
+            [mu, jnp.ones((2, 3))]
+        )
 
     zp = pol.born_charges(fn_pad, r_pad, atom_mask=mask)
     np.testing.assert_allclose(zp[:6], z, atol=1e-12)
@@ -121,7 +135,9 @@ def test_system_polarizability_and_screening(x64):
     np.testing.assert_allclose(a, 2.0 * units.COULOMB * 0.6 * np.eye(3), rtol=1e-14)
     alpha_aniso = jnp.stack([jnp.diag(jnp.array([0.1, 0.2, 0.3]))] * 2)
     np.testing.assert_allclose(
-        pol.system_polarizability(alpha_aniso), units.COULOMB * np.diag([0.2, 0.4, 0.6]), rtol=1e-14
+        pol.system_polarizability(alpha_aniso),
+        units.COULOMB * np.diag([0.2, 0.4, 0.6]),
+        rtol=1e-14,
     )
     eps = pol.electronic_screening(1.78, alpha_iso, volume=1000.0)
     chi = 0.6 / (units.EPSILON0 * 1000.0)

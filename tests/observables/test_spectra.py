@@ -53,14 +53,20 @@ def test_raman_iso_and_aniso_separate_and_carry_omega_squared():
     assert _band_area(aniso, 2000.0) > 1e3 * _band_area(aniso, 1000.0)
     assert _band_area(iso, 1000.0) > 1e3 * _band_area(iso, 2000.0)
     # equal amplitudes -> intensities in the ratio (w2/w1)^2 = 9
-    assert _band_area(iso, 3000.0) / _band_area(iso, 1000.0) == pytest.approx(9.0, rel=0.05)
+    assert _band_area(iso, 3000.0) / _band_area(iso, 1000.0) == pytest.approx(
+        9.0, rel=0.05
+    )
 
 
 def test_smoothing_preserves_area_and_quantum_correction_is_named(rng):
     t = np.arange(4096) * DT
-    pdot = np.cos(_omega(1500.0) * t)[:, None] * np.ones(3) + 0.01 * rng.normal(size=(4096, 3))
+    pdot = np.cos(_omega(1500.0) * t)[:, None] * np.ones(3) + 0.01 * rng.normal(
+        size=(4096, 3)
+    )
     raw = spectra.ir_spectrum(pdot, DT, normalize=False, max_wavenumber=None)
-    smooth = spectra.ir_spectrum(pdot, DT, normalize=False, max_wavenumber=None, smoothing_fwhm_cm=40.0)
+    smooth = spectra.ir_spectrum(
+        pdot, DT, normalize=False, max_wavenumber=None, smoothing_fwhm_cm=40.0
+    )
     assert np.trapezoid(smooth.intensity, smooth.wavenumber) == pytest.approx(
         np.trapezoid(raw.intensity, raw.wavenumber), rel=1e-3
     )
