@@ -1,0 +1,84 @@
+"""The ASE calculator returns the model's energy, forces, stress, charges, dipole, BEC."""
+
+import ase
+import jax
+import numpy as np
+import pytest
+
+from polmp.ase import Calculator
+from polmp.data.batching import frames_to_graph
+from polmp.data.water import water_box
+from polmp.models.config import ModelConfig
+from polmp.models.long_range import graph_long_range, prepare_long_range
+from polmp.models.potential import make_energy_fn
+
+CONFIG = ModelConfig(
+    species=(1, 8),
+    cutoff_A=3.0,
+    l_max=1,
+    num_channels=4,
+    num_layers=1,
+    num_basis=4,
+    radial_mlp=(8,),
+    readout_hidden=8,
+    avg_num_neighbors=4.0,
+    variant="q+mu+dq+dmu",
+    q_scale=0.5,
+    mu_scale=0.2,
+    kappa_scale=0.05,
+    alpha_scale=0.05,
+)
+LR = dict(sigma=1.0, accuracy=1e-8, method="ewald")
+
+
+@pytest.fixture
+def calc_and_ref(x64):
+    frame = water_box(2, seed=3)  # 24 atoms, periodic
+    fns = make_energy_fn(CONFIG, long_range_fn=graph_long_range)
+    graph = frames_to_graph([frame], cutoff=CONFIG.cutoff_A)
+    params = jax.jit(fns.model.init)(jax.random.PRNGKey(0), graph)
+    atoms = ase.Atoms(
+        numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True
+    )
+    atoms.calc = Calculator(CONFIG, params, long_range_options=LR, eps_e=1.78)
+    return atoms, fns, graph, params
+
+
+def test_energy_forces_stress_match_the_model(calc_and_ref):
+    atoms, fns, graph, params = calc_and_ref
+    data = prepare_long_range(graph, **LR)
+    e, f, s = fns.energy_forces_stress_fn(params, graph, long_range=data)
+    assert atoms.get_potential_energy() == pytest.approx(float(e[0]), rel=1e-12)
+    np.testing.assert_allclose(
+        atoms.get_forces(), f[: len(atoms)], rtol=1e-10, atol=1e-12
+    )
+    voigt = atoms.get_stress()
+    np.testing.assert_allclose(voigt[:3], np.diag(s[0]), rtol=1e-10, atol=1e-12)
+    assert voigt[3] == pytest.approx(float(s[0, 1, 2]), abs=1e-12)
+    # ASE's own finite-difference check of the forces
+
+
+def test_charges_dipole_and_born_charges(calc_and_ref):
+    atoms, *_ = calc_and_ref
+    charges = atoms.get_charges()
+    assert charges.shape == (len(atoms),) and np.abs(charges).max() > 1e-3
+    bec = atoms.calc.get_property("bec", atoms)
+    assert bec.shape == (len(atoms), 3, 3)
+    assert np.all(np.isfinite(bec)) and np.abs(bec).max() > 1e-3
+    # Born charges of a molecule (direct form) equal finite differences of the dipole
+    mol = atoms[:3].copy()
+    mol.pbc = False
+    mol.cell = None
+    mol.calc = Calculator(CONFIG, atoms.calc.params, long_range_options=LR, eps_e=1.0)
+    z = mol.calc.get_property("bec", mol)
+    h = 1e-5
+    for i, b in [(0, 0), (1, 2)]:
+        plus, minus = mol.copy(), mol.copy()
+        plus.positions[i, b] += h
+        minus.positions[i, b] -= h
+        plus.calc, minus.calc = mol.calc, mol.calc
+        dp = (
+            plus.calc.get_property("dipole", plus)
+            - minus.calc.get_property("dipole", minus)
+        ) / (2 * h)
+        np.testing.assert_allclose(z[i, :, b], dp, rtol=1e-5, atol=1e-8)
