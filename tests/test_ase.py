@@ -8,19 +8,13 @@ import pytest
 from polmp.ase import Calculator
 from polmp.data.batching import frames_to_graph
 from polmp.data.water import water_box
-from polmp.models.config import ModelConfig
 from polmp.models.long_range import graph_long_range, prepare_long_range
 from polmp.models.potential import make_energy_fn
+from tests.training.morse import tiny_model
 
-CONFIG = ModelConfig(
-    species=(1, 8),
+CONFIG = tiny_model(
     cutoff_A=3.0,
-    l_max=1,
     num_channels=4,
-    num_layers=1,
-    num_basis=4,
-    radial_mlp=(8,),
-    readout_hidden=8,
     avg_num_neighbors=4.0,
     variant="q+mu+dq+dmu",
     q_scale=0.5,

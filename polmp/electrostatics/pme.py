@@ -590,18 +590,10 @@ def pme_potential_field(positions, cell, q, mu, theta, spec, *, sigma, atom_mask
         phi: Float[Array, 'N'], V (eV/e).
         field: Float[Array, 'N 3'], V/A.
     """
-    positions = jnp.asarray(positions)
-    dtype = positions.dtype
-    q = jnp.asarray(q, dtype)
-    mu = jnp.zeros(positions.shape, dtype) if mu is None else jnp.asarray(mu, dtype)
-
-    def energy(q_, mu_):
-        return pme_energy(
-            positions, cell, q_, mu_, theta, spec, sigma=sigma, atom_mask=atom_mask
-        )
-
-    phi, dmu = jax.grad(energy, argnums=(0, 1))(q, mu)
-    return phi, -dmu
+    _, phi, field = pme_energy_potential_field(
+        positions, cell, q, mu, theta, spec, sigma=sigma, atom_mask=atom_mask
+    )
+    return phi, field
 
 
 def pme_energy_potential_field(

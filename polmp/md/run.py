@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -164,11 +163,3 @@ def run_chunked(
     return MDResult(
         state=state, neighbor=neighbor, records=stacked, num_reallocations=reallocations
     )
-
-
-def kinetic_energy(state) -> jnp.ndarray:
-    """Kinetic energy sum_i p_i^2 / (2 m_i) of a jax-md state (eV with amu, A, internal time)."""
-    mass = jnp.asarray(state.mass)
-    if mass.ndim == 1:
-        mass = mass[:, None]
-    return 0.5 * jnp.sum(state.momentum**2 / mass)
