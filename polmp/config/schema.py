@@ -52,7 +52,9 @@ class DataConfig:
     over its fraction.
 
     Attributes:
-        train_path: training file (extxyz, RuNNer input.data, anything ASE reads).
+        train_path: training file (extxyz, RuNNer input.data, anything ASE reads),
+            or a shipped set ``embedded:<name>`` (``polmp.data.embedded.EMBEDDED_SETS``,
+            e.g. ``embedded:water-gfn2``); the same holds for the other paths.
         valid_path: validation file, or None (split off ``train_path``).
         test_path: test file, or None (split off ``train_path`` if
             ``test_fraction > 0``, else no test set).

@@ -25,7 +25,24 @@ from importlib import resources
 from polmp.data.io import read_frames
 from polmp.data.schema import Frame
 
-__all__ = ["WATER_GFN2_FILES", "load_water_gfn2", "water_gfn2_path"]
+__all__ = [
+    "EMBEDDED_PREFIX",
+    "EMBEDDED_SETS",
+    "WATER_GFN2_FILES",
+    "load_embedded",
+    "load_water_gfn2",
+    "water_gfn2_path",
+]
+
+#: Prefix that names a shipped data set wherever a data path is accepted
+#: (``data.train_path: embedded:water-gfn2``).
+EMBEDDED_PREFIX = "embedded:"
+#: Shipped set name -> the ``load_water_gfn2`` kinds it concatenates, in order.
+EMBEDDED_SETS = {
+    "water-gfn2": ("bulk", "clusters"),
+    "water-gfn2-bulk": ("bulk",),
+    "water-gfn2-clusters": ("clusters",),
+}
 
 #: File name of each kind, inside the ``polmp/data/embedded`` folder.
 WATER_GFN2_FILES = {
@@ -76,3 +93,18 @@ def load_water_gfn2(kind: str = "bulk") -> list[Frame]:
         with open(path, "wb") as handle:
             handle.write(text)
         return read_frames(path, format="extxyz", require=_REQUIRE[kind])
+
+
+def load_embedded(name: str) -> list[Frame]:
+    """Frames of the shipped set ``name`` (a key of ``EMBEDDED_SETS``), not jittable.
+
+    ``"water-gfn2"`` is the periodic boxes followed by the clusters.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name not in EMBEDDED_SETS:
+        raise ValueError(
+            f"unknown embedded data set {name!r}; expected one of {sorted(EMBEDDED_SETS)}"
+        )
+    return [frame for kind in EMBEDDED_SETS[name] for frame in load_water_gfn2(kind)]

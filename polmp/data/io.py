@@ -246,7 +246,7 @@ def _looks_like_runner(path: str) -> bool:
     return False
 
 
-def _select(frames: list, index) -> list:
+def select_frames(frames: list, index) -> list:
     """Apply an ASE-style index (int, slice or string such as ':' or '-1' or '2:5')."""
     if isinstance(index, str):
         if ":" in index:
@@ -507,7 +507,7 @@ def read_frames(
     fmt = format.lower() if isinstance(format, str) else None
     if fmt in _RUNNER_FORMATS or (fmt is None and _looks_like_runner(path)):
         frames, found = _read_runner(path)
-        frames, found = _select(frames, index), _select(found, index)
+        frames, found = select_frames(frames, index), select_frames(found, index)
         if units:
             frames = [_scale(f, units) for f in frames]
         _check_require(frames, require, found, path)

@@ -53,13 +53,13 @@ import yaml
 from polmp.config.loader import load_config, to_dict
 from polmp.config.schema import DataConfig, RunConfig
 from polmp.data.batching import frames_to_batch
-from polmp.data.io import read_frames
+from polmp.data.embedded import EMBEDDED_PREFIX, load_embedded
+from polmp.data.io import read_frames, select_frames
 from polmp.data.schema import Frame
 from polmp.models import (
     ModelConfig,
     count_species,
     fit_reference_energies,
-    make_energy_fn,
 )
 from polmp.training import checkpoints, pipeline, sharding
 from polmp.training.losses import (
@@ -71,6 +71,7 @@ from polmp.training.losses import (
 from polmp.training.metrics import format_table, parity_plot, summarize, to_host
 from polmp.training.optim import ema_update, make_optimizer, make_schedule
 from polmp.training.state import LoopState, TrainState
+from polmp.training.trained import energy_fns_of, load_trained, long_range_options_of
 
 #: packages whose versions go into provenance.json
 _PACKAGES = (
@@ -150,7 +151,10 @@ def load_datasets(data: DataConfig) -> tuple[list[Frame], list[Frame], list[Fram
     }
 
     def read(path):
-        frames = read_frames(path, data.index, data.format, **keys)
+        if path.startswith(EMBEDDED_PREFIX):
+            frames = select_frames(load_embedded(path.removeprefix(EMBEDDED_PREFIX)), data.index)
+        else:
+            frames = read_frames(path, data.index, data.format, **keys)
         if not frames:
             raise ValueError(f"{path}: no frames (index {data.index!r})")
         return frames
@@ -192,26 +196,12 @@ def fit_model_reference_energies(
 
 def _long_range_prepare(config: RunConfig):
     """Host function graph -> LongRangeData for variants with latents, else None."""
-    if config.model.variant == "sr":
+    options = long_range_options_of(config)
+    if options is None:
         return None
     from polmp.models.long_range import prepare_long_range
 
-    lr = config.long_range
-    return functools.partial(
-        prepare_long_range,
-        sigma=lr.sigma_A,
-        accuracy=lr.accuracy,
-        method=lr.method,
-        les_compat=lr.les_compat,
-    )
-
-
-def _energy_fns(model: ModelConfig):
-    if model.variant == "sr":
-        return make_energy_fn(model)
-    from polmp.models.long_range import graph_long_range
-
-    return make_energy_fn(model, long_range_fn=graph_long_range)
+    return functools.partial(prepare_long_range, **options)
 
 
 def _dtype(precision: str, *, strict: bool = True):
@@ -363,7 +353,7 @@ def _compiled_steps(model_cfg: ModelConfig, training, total_steps: int, mesh):
     Cached on these hashable, frozen arguments so that repeated ``train`` calls in one
     process (resume, sweeps, tests) reuse the compiled code instead of retracing.
     """
-    fns = _energy_fns(model_cfg)
+    fns = energy_fns_of(model_cfg)
     tx = make_optimizer(training, total_steps)
     repl = sharding.replicated(mesh)
     data_sh = sharding.data_sharded(mesh)
@@ -380,7 +370,7 @@ def _compiled_steps(model_cfg: ModelConfig, training, total_steps: int, mesh):
 @functools.lru_cache(maxsize=8)
 def _compiled_eval(model_cfg: ModelConfig, loss: str, delta: float, mesh):
     """Jitted eval_step (cached like ``_compiled_steps``; shared with ``evaluate``)."""
-    fns = _energy_fns(model_cfg)
+    fns = energy_fns_of(model_cfg)
     return jax.jit(
         make_eval_step(fns, penalty=loss, delta=delta),
         in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
@@ -507,7 +497,7 @@ def train(
 
     mesh = sharding.make_mesh(t.num_devices)
     _write_run_files(run_dir, config, mesh)
-    fns = _energy_fns(model_cfg)
+    fns = energy_fns_of(model_cfg)
     lr_prepare = _long_range_prepare(config)
     cutoff = config.cutoff_A
 
@@ -735,22 +725,6 @@ def train(
 # --------------------------------------------------------------------------- evaluate
 
 
-def _resolve_run(path) -> tuple[pathlib.Path, int | None]:
-    """(run directory, checkpoint step or None) of a run dir or a checkpoint path."""
-    path = pathlib.Path(path).resolve()
-    if (path / "config.yaml").exists():
-        return path, None
-    for parent in (path.parent, path.parent.parent):
-        if (parent / "config.yaml").exists():
-            try:
-                return parent, int(path.name)
-            except ValueError:
-                break
-    raise FileNotFoundError(
-        f"{path} is neither a run directory nor a checkpoint of one"
-    )
-
-
 def evaluate(
     run_dir_or_checkpoint, frames: Sequence[Frame], *, batch_size: int | None = None
 ) -> Evaluation:
@@ -775,8 +749,8 @@ def evaluate(
     frames = list(frames)
     if not frames:
         raise ValueError("no frames to evaluate")
-    run_dir, step = _resolve_run(run_dir_or_checkpoint)
-    config = load_config(RunConfig, run_dir / "config.yaml")
+    trained = load_trained(run_dir_or_checkpoint)
+    config = trained.config
     unknown = pipeline.species_of(frames) - set(config.model.species)
     if unknown:
         raise ValueError(
@@ -788,24 +762,9 @@ def evaluate(
             config, training=dataclasses.replace(config.training, batch_size=batch_size)
         )
     dtype = _dtype(config.precision, strict=False)
-    fns = _energy_fns(config.model)
     mesh = sharding.make_mesh(1)
     lr_prepare = _long_range_prepare(config)
-    example = frames_to_batch(frames[:1], config.cutoff_A)
-    example_graph = jax.tree.map(
-        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-        example.graph,
-    )
-    template = jax.jit(fns.model.init)(jax.random.PRNGKey(0), example_graph)
-    best = run_dir / "best"
-    if step is None and best.exists():
-        params = checkpoints.load_params(best, template)
-    else:
-        tx = make_optimizer(config.training, 1)
-        state_template = TrainState.create(template, tx, jax.random.PRNGKey(0))
-        manager = checkpoints.make_manager(run_dir / "checkpoints")
-        state, _, _ = checkpoints.restore_checkpoint(manager, state_template, step)
-        params = state.ema_params
+    params = trained.cast(dtype).params
     evaluator = _make_evaluator(frames, config, dtype, mesh, lr_prepare, 1)
     eval_step = _compiled_eval(
         config.model, config.training.loss, config.training.huber_delta, mesh

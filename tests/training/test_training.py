@@ -19,6 +19,7 @@ from polmp.config.loader import ConfigError, load_config
 from polmp.config.schema import RunConfig, TrainingConfig
 from polmp.data.schema import Frame
 from polmp.training.loop import evaluate, fit_model_reference_energies, train
+from polmp.training.trained import export_trained, load_trained
 from tests.training.morse import REFERENCE, molecules, tiny_model
 
 EPOCHS = 8
@@ -209,6 +210,28 @@ def test_evaluate_matches_training_tables(run):
             result.run_dir,
             [dataclasses.replace(VALID[0], numbers=np.full(VALID[0].num_atoms, 6))],
         )
+
+
+def test_load_and_export_trained(run, tmp_path):
+    """load_trained gives the run's best parameters; an exported copy is identical."""
+    _, result = run
+    trained = load_trained(result.run_dir)
+    assert trained.config.model == result.model_config
+    for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(result.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    exported = load_trained(export_trained(trained, tmp_path / "model"))
+    assert exported.config == trained.config
+    for a, b in zip(jax.tree.leaves(exported.params), jax.tree.leaves(trained.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # and its energy function reproduces the evaluation of the run
+    metrics, _ = evaluate(tmp_path / "model", VALID)
+    np.testing.assert_allclose(
+        metrics["forces_rmse_meV_per_A"],
+        result.metrics["valid"]["forces_rmse_meV_per_A"],
+        rtol=1e-5,
+    )
+    with pytest.raises(FileNotFoundError, match="shipped models"):
+        load_trained(tmp_path / "nothing-here")
 
 
 # ----------------------------------------------------------------- clear errors
