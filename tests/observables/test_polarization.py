@@ -154,3 +154,33 @@ def test_field_forces_are_minus_gradient_of_field_energy(x64, water_like):
     forces = pol.field_forces(pol.born_charges(fn, r), field)
     expected = jax.grad(lambda x: pol.polarization(fn, x) @ field)(r)
     np.testing.assert_allclose(forces, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_polarization_current_equals_born_charges_times_velocities(x64, water_like, rng):
+    """Pdot from forward-mode tangents == sum_i Z*_i v_i, direct and phase forms."""
+    r, q0 = water_like
+    v = jnp.asarray(rng.normal(size=r.shape))
+    cell = jnp.array([[6.0, 0, 0], [0.8, 5.5, 0], [0.4, -0.3, 6.5]])
+    for c in (None, cell):
+        fn = _toy_charges_fn(q0, cell=None if c is None else jnp.eye(3) * 40.0)
+        z = pol.born_charges(fn, r, c, eps_e=1.78)
+        expected = jnp.einsum("iab,ib->a", z, v)
+        current = pol.polarization_current(fn, r, v, c, eps_e=1.78)
+        np.testing.assert_allclose(current, expected, rtol=1e-12, atol=1e-13)
+        # the charge-transfer part matters (not just sum_i q_i v_i)
+        assert np.abs(expected - np.sqrt(1.78) * (q0 - q0.mean()) @ v).max() > 1e-3
+    # padded atoms (with any velocity) do not contribute
+    r_pad = jnp.concatenate([r, jnp.zeros((2, 3))])
+    v_pad = jnp.concatenate([v, jnp.ones((2, 3))])
+    mask = jnp.arange(8) < 6
+    fn = _toy_charges_fn(q0)
+
+    def padded_fn(x):
+        q, mu = fn(x[:6])
+        return jnp.concatenate([q, jnp.zeros(2)]), jnp.concatenate([mu, jnp.ones((2, 3))])
+
+    np.testing.assert_allclose(
+        pol.polarization_current(padded_fn, r_pad, v_pad, cell, atom_mask=mask),
+        pol.polarization_current(fn, r, v, cell),
+        rtol=1e-12,
+    )
