@@ -31,23 +31,10 @@ from ase.calculators.calculator import all_changes
 
 from polmp.data.batching import frames_to_graph
 from polmp.data.schema import Frame
-from polmp.observables.polarization import born_charges, polarization
+from polmp.observables.polarization import born_charges, polarization, total_latents
 
 
-def _total_latents(outputs):
-    """Per-atom total charge (N,) and dipole (N, 3), channels summed, induced included."""
-    q = outputs.q
-    if outputs.dq is not None:
-        q = q + outputs.dq
-    q = q.reshape(q.shape[0], -1).sum(-1)
-    mu = jnp.zeros((q.shape[0], 3), q.dtype) if outputs.mu is None else outputs.mu
-    if outputs.dmu is not None:
-        dmu = outputs.dmu
-        mu = mu + (dmu.sum(1) if dmu.ndim == 3 else dmu)
-    return q, mu
-
-
-def _make_observables(outputs_fn, eps_e):
+def make_observables(outputs_fn, eps_e):
     """Jitted (charges, dipole, bec) of a padded single-structure graph."""
 
     def observables(params, graph, data, periodic):
@@ -56,7 +43,7 @@ def _make_observables(outputs_fn, eps_e):
             if outputs.q is None:  # "sr": no latents
                 zeros = jnp.zeros_like(positions[:, 0])
                 return zeros, jnp.zeros_like(positions)
-            return _total_latents(outputs)
+            return total_latents(outputs)
 
         mask = graph.atom_mask
         charges, _ = charges_fn(graph.positions)
@@ -116,7 +103,7 @@ class Calculator(_AseCalculator):
             config, long_range_fn=graph_long_range if self._has_long_range else None
         )
         self._energy_forces_stress = jax.jit(self._fns.energy_forces_stress_fn)
-        self._observables = _make_observables(self._fns.outputs_fn, self.eps_e)
+        self._observables = make_observables(self._fns.outputs_fn, self.eps_e)
 
     def _graph(self, atoms):
         pbc = np.asarray(atoms.pbc, bool)

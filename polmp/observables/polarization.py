@@ -38,6 +38,27 @@ import jax.numpy as jnp
 from polmp import units
 
 
+def total_latents(outputs):
+    """Per-atom total charge (N,) e and dipole (N, 3) e*A of a model's outputs.
+
+    q + dq summed over the charge channels, mu + dmu (induced dipoles summed over
+    channels); zeros for what a variant does not predict.
+
+    Args:
+        outputs: ``polmp.models.ModelOutputs`` (or anything with ``q``, ``dq``, ``mu``,
+            ``dmu`` attributes); ``q`` must not be None.
+    """
+    q = outputs.q
+    if outputs.dq is not None:
+        q = q + outputs.dq
+    q = q.reshape(q.shape[0], -1).sum(-1)
+    mu = jnp.zeros((q.shape[0], 3), q.dtype) if outputs.mu is None else outputs.mu
+    if outputs.dmu is not None:
+        dmu = outputs.dmu
+        mu = mu + (dmu.sum(1) if dmu.ndim == 3 else dmu)
+    return q, mu
+
+
 def _centred(charges, atom_mask):
     """Charges with their (masked) mean removed, so P does not depend on the origin."""
     if atom_mask is None:
