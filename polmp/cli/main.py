@@ -4,13 +4,19 @@ The CLI holds no physics: it parses options, sets jax precision (x64, matmul
 precision) *before* anything is built, and calls library functions.
 
 Verbs:
-    demo      the embedded default job: build a 64-molecule water box, give it fixed
-              point-charge-like latents, and print its long-range energy, forces and
-              timings from every electrostatics method (Ewald, PME, the reference
-              implementation's truncated k-set), plus the cluster (direct-sum) limit.
+    demo      the main job on the embedded default: load the shipped water model
+              (GFN2-xTB water, variant "full"), run NVT MD of a 32-molecule box with
+              Pdot and alpha_sys recorded in the scan, and write IR and Raman spectra
+              (arrays, peak table, plots over the experimental IR) into ./polmp-demo.
+    electrostatics
+              a 64-molecule water box with fixed point-charge-like latents: long-range
+              energy, forces and timings from every electrostatics method (Ewald, PME,
+              the reference implementation's truncated k-set) and the cluster limit.
     train     polmp train CONFIG.yaml [dotted.key=value ...] [--resume]
     sweep     polmp sweep CONFIG.yaml --grid key=[a,b] [--grid ...] [key=value ...]
     evaluate  polmp evaluate RUN_DIR_OR_CHECKPOINT DATA [--format FMT]
+    md        polmp md [CONFIG.yaml] [dotted.key=value ...]   (schema: MDConfig)
+    spectra   polmp spectra MD_DIR [--experimental FILE]
 """
 
 from __future__ import annotations
@@ -42,6 +48,59 @@ def _timed(fn, *args, repeats=3):
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """Shipped model -> water MD with observables -> IR/Raman spectra and plots."""
+    _set_precision(args.precision)
+    from polmp.config.schema import MDConfig
+    from polmp.md.simulate import run_md
+    from polmp.observables.report import write_spectra
+
+    steps = args.steps
+    config = MDConfig(
+        model=args.model,
+        structure="embedded:water-gfn2-bulk",
+        frame_index=0,
+        ensemble="nvt_nose_hoover",
+        temperature_K=300.0,
+        timestep_fs=0.5,
+        equilibration_steps=args.equilibration,
+        num_steps=steps,
+        chunk_steps=100,
+        record_every=4,
+        trajectory_every=100,
+        thermostat_time_fs=50.0,
+        precision=args.precision,
+        seed=args.seed,
+        output_dir=args.output,
+    )
+    print(
+        f"polmp demo: model {args.model}, 96-atom water box, NVT 300 K, dt 0.5 fs, "
+        f"{args.equilibration} + {steps} steps -> {args.output}"
+    )
+    result = run_md(config)
+    t = result.timings
+    print(
+        f"MD: mean T {result.records['temperature_K'].mean():.1f} K, "
+        f"{t['steps_per_s']:.1f} steps/s with observables every 4 steps "
+        f"(first chunk incl. compile {t['first_chunk_s']:.0f} s)"
+    )
+    import pathlib
+
+    experimental = DEFAULT_WATER_IR if pathlib.Path(DEFAULT_WATER_IR).exists() else None
+    peaks = write_spectra(args.output, experimental_ir=experimental)
+    print(f"{'spectrum':<16}{'libration':>12}{'bend':>10}{'stretch':>10}   (cm^-1)")
+    for name, bands in peaks.items():
+        cells = "".join(
+            f"{bands.get(b, float('nan')):>{w}.0f}"
+            for b, w in (("libration", 12), ("bend", 10), ("stretch", 10))
+        )
+        print(f"{name:<16}{cells}")
+    print(
+        f"wrote observables.npz, trajectory.extxyz, spectra.npz, ir.png, raman.png in {args.output}"
+    )
+    return 0
+
+
+def run_electrostatics(args: argparse.Namespace) -> int:
     """Long-range energy of the embedded water box with every method; prints a table."""
     _set_precision(args.precision)
     import jax
@@ -63,7 +122,7 @@ def run_demo(args: argparse.Namespace) -> int:
     alpha = jnp.full((frame.num_atoms,), 0.01, dtype)
 
     print(
-        f"polmp demo: {frame.num_atoms}-atom water box, cell {float(frame.cell[0, 0]):.3f} A, "
+        f"polmp electrostatics: {frame.num_atoms}-atom water box, cell {float(frame.cell[0, 0]):.3f} A, "
         f"sigma {args.sigma} A, {args.precision}"
     )
     print(f"{'method':<28}{'E_lr (eV)':>16}{'max |F| (eV/A)':>18}{'time (ms)':>12}")
@@ -188,20 +247,88 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_md_verb(args: argparse.Namespace) -> int:
+    """MD of a trained model with Pdot and alpha_sys recorded in the scan."""
+    from polmp.config.loader import load_config
+    from polmp.config.schema import MDConfig
+
+    config = load_config(MDConfig, args.config, args.overrides)
+    _set_precision(config.precision)
+    from polmp.md.simulate import run_md
+
+    result = run_md(config)
+    t = result.timings
+    print(f"output directory: {result.output_dir}")
+    print(
+        f"{config.num_steps} steps, mean T {result.records['temperature_K'].mean():.1f} K, "
+        f"{t['steps_per_s']:.1f} steps/s ({t['atom_steps_per_s']:.3g} atom-steps/s) "
+        f"after a first chunk of {t['first_chunk_s']:.1f} s (compile), "
+        f"{result.num_reallocations} neighbour-list reallocations"
+    )
+    return 0
+
+
+def run_spectra(args: argparse.Namespace) -> int:
+    """IR and Raman spectra (arrays, peaks, plots) of an MD output directory."""
+    import pathlib
+
+    from polmp.observables.report import write_spectra
+
+    experimental = args.experimental
+    if experimental is None and pathlib.Path(DEFAULT_WATER_IR).exists():
+        experimental = DEFAULT_WATER_IR
+    peaks = write_spectra(
+        args.md_dir,
+        experimental_ir=experimental,
+        smoothing_fwhm_cm=args.smoothing,
+        block_length_fs=args.block_fs,
+    )
+    print(f"wrote spectra.npz, peaks.json, ir.png, raman.png in {args.md_dir}")
+    for name, bands in peaks.items():
+        text = ", ".join(f"{band} {value:.0f}" for band, value in bands.items())
+        print(f"{name:<16}peaks (cm^-1): {text}")
+    return 0
+
+
+#: Default length of the demo MD (0.5 fs steps): equilibration, then recorded steps.
+DEMO_EQUILIBRATION = 400
+DEMO_STEPS = 2000
+
+#: Experimental liquid-water optical constants (shared data, CC0), if present.
+DEFAULT_WATER_IR = (
+    "../shared/data/water_ir_optical_constants/refractiveindex_info/H2O_Segelstein.yml"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polmp", description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
     demo = verbs.add_parser(
-        "demo", help="long-range electrostatics of the embedded water box"
+        "demo", help="shipped water model -> MD -> IR/Raman spectra (the main job)"
     )
-    demo.add_argument("--precision", choices=("float32", "float64"), default="float64")
+    demo.add_argument("--model", default="water-gfn2-full", help="model to run")
     demo.add_argument(
-        "--molecules-per-side", type=int, default=4, help="box holds n^3 H2O"
+        "--steps", type=int, default=DEMO_STEPS, help="recorded MD steps (a multiple of 100)"
     )
-    demo.add_argument("--sigma", type=float, default=1.0, help="Gaussian smearing, A")
-    demo.add_argument("--accuracy", type=float, default=1e-6, help="relative accuracy")
+    demo.add_argument(
+        "--equilibration", type=int, default=DEMO_EQUILIBRATION, help="unrecorded NVT steps first (a multiple of 100)"
+    )
+    demo.add_argument("--output", default="polmp-demo", help="output directory")
+    demo.add_argument("--precision", choices=("float32", "float64"), default="float32")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=run_demo)
+
+    lr = verbs.add_parser(
+        "electrostatics", help="long-range electrostatics of a water box, every method"
+    )
+    lr.add_argument("--precision", choices=("float32", "float64"), default="float64")
+    lr.add_argument(
+        "--molecules-per-side", type=int, default=4, help="box holds n^3 H2O"
+    )
+    lr.add_argument("--sigma", type=float, default=1.0, help="Gaussian smearing, A")
+    lr.add_argument("--accuracy", type=float, default=1e-6, help="relative accuracy")
+    lr.add_argument("--seed", type=int, default=0)
+    lr.set_defaults(handler=run_electrostatics)
 
     train = verbs.add_parser("train", help="train a model from a YAML run config")
     train.add_argument(
@@ -238,6 +365,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=("float32", "float64"), default="float32"
     )
     evaluate.set_defaults(handler=run_evaluate)
+
+    md = verbs.add_parser("md", help="MD of a trained model, recording spectra inputs")
+    md.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="YAML file (schema: polmp.config.schema.MDConfig); omitted: defaults",
+    )
+    md.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    md.set_defaults(handler=run_md_verb)
+
+    spectra = verbs.add_parser("spectra", help="IR/Raman spectra of an MD directory")
+    spectra.add_argument("md_dir", help="output directory of `polmp md`")
+    spectra.add_argument(
+        "--experimental",
+        default=None,
+        help="refractiveindex.info file of liquid water to overlay "
+        f"(default: {DEFAULT_WATER_IR} if it exists)",
+    )
+    spectra.add_argument(
+        "--smoothing", type=float, default=20.0, help="Gaussian FWHM, cm^-1"
+    )
+    spectra.add_argument(
+        "--block-fs", type=float, default=None, help="correlation block length, fs"
+    )
+    spectra.set_defaults(handler=run_spectra)
     return parser
 
 

@@ -291,3 +291,101 @@ class RunConfig:
     def cutoff_A(self) -> float:
         """Neighbour-list cutoff of the batches, A."""
         return self.model.cutoff_A if self.data.cutoff_A is None else self.data.cutoff_A
+
+
+#: accepted ``MDConfig.ensemble`` values
+ENSEMBLES: tuple[str, ...] = ("nve", "nvt_nose_hoover", "nvt_langevin")
+
+
+@dataclasses.dataclass(frozen=True)
+class MDConfig:
+    """One molecular-dynamics run with observables (``polmp md CONFIG``).
+
+    Attributes:
+        model: a run directory, checkpoint, exported model directory or shipped model
+            name (``polmp.training.trained.load_trained``).
+        structure: the starting structure: ``"water-box:<n>"`` (n^3 H2O at 0.997
+            g/cm^3, ``polmp.data.water.water_box``), ``"embedded:<set>"`` (a frame of a
+            shipped set) or a file any polmp reader reads.
+        frame_index: which frame of ``structure`` (files and embedded sets).
+        ensemble: "nve", "nvt_nose_hoover" or "nvt_langevin" (jax-md integrators).
+        temperature_K: initial Maxwell-Boltzmann temperature and thermostat target, K.
+        timestep_fs: integration time step, fs.
+        equilibration_steps: steps run first and not recorded (same ensemble).
+        num_steps: recorded production steps (a multiple of ``chunk_steps``).
+        chunk_steps: steps per jitted ``lax.scan`` (neighbour-list check in between).
+        record_every: observables are recorded every this many steps (divides
+            ``chunk_steps``); the spectra's sampling interval is
+            ``record_every * timestep_fs``.
+        trajectory_every: positions are written every this many steps (a multiple of
+            ``record_every``), 0 for no trajectory.
+        thermostat_time_fs: Nose-Hoover chain time constant, or 1/friction of the
+            Langevin thermostat, fs.
+        observables: record the polarization current Pdot = sum_i Z*_i v_i (e*A/fs)
+            and alpha_sys (A^3) in the same scan as the MD steps (IR/Raman input).
+        eps_e: electronic screening of the Born charges and alpha_sys (1: unscreened).
+        skin_A: neighbour-list skin, A.
+        seed: seed of the initial velocities (and the Langevin noise).
+        precision: "float32" or "float64" (float64 needs x64; the CLI sets it).
+        progress_bar: show a tqdm bar.
+        output_dir: directory for config.yaml, observables.npz, trajectory.extxyz,
+            md.json.
+    """
+
+    model: str = "water-gfn2-full"
+    structure: str = "water-box:4"
+    frame_index: int = 0
+    ensemble: str = "nvt_nose_hoover"
+    temperature_K: float = 300.0
+    timestep_fs: float = 0.5
+    equilibration_steps: int = 0
+    num_steps: int = 1000
+    chunk_steps: int = 100
+    record_every: int = 4
+    trajectory_every: int = 100
+    thermostat_time_fs: float = 50.0
+    observables: bool = True
+    eps_e: float = 1.0
+    skin_A: float = 0.5
+    seed: int = 0
+    precision: str = "float32"
+    progress_bar: bool = True
+    output_dir: str = "runs/md"
+
+    def __post_init__(self):
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(
+                f"unknown ensemble {self.ensemble!r}; expected one of {ENSEMBLES}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; expected one of {PRECISIONS}"
+            )
+        for name in ("temperature_K", "skin_A"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("timestep_fs", "thermostat_time_fs", "eps_e"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("chunk_steps", "record_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("equilibration_steps", "num_steps", "trajectory_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.chunk_steps % self.record_every:
+            raise ValueError(
+                f"record_every ({self.record_every}) must divide chunk_steps "
+                f"({self.chunk_steps})"
+            )
+        for name in ("num_steps", "equilibration_steps"):
+            if getattr(self, name) % self.chunk_steps:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be a multiple of chunk_steps "
+                    f"({self.chunk_steps})"
+                )
+        if self.trajectory_every % self.record_every:
+            raise ValueError(
+                f"trajectory_every ({self.trajectory_every}) must be a multiple of "
+                f"record_every ({self.record_every})"
+            )

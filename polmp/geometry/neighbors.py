@@ -211,7 +211,8 @@ def neighbor_list(
 
         def allocate(positions, extra_capacity=0):
             positions = jnp.asarray(validate_positions(positions))
-            return jax_md_fns.allocate(to_fractional(positions), extra_capacity)
+            neighbor = jax_md_fns.allocate(to_fractional(positions), extra_capacity)
+            return _hashable_cell_size(neighbor)
 
         def update(positions, neighbor):
             return jax_md_fns.update(to_fractional(positions), neighbor)
@@ -240,6 +241,20 @@ def neighbor_list(
         return neighbor.update(positions)
 
     return NeighborListFns(allocate, update)
+
+
+def _hashable_cell_size(neighbor):
+    """The list with its static ``cell_size`` as a Python float.
+
+    jax-md 0.2.29 stores the fractional cell size as a jax array in a static
+    (metadata) field; jit then fails ("Exception raised while checking equality of
+    metadata fields") as soon as two lists with different closures meet in one
+    process (a second MD run, a second system in a notebook).  The value is a scalar
+    and is only read as a number, so a float is equivalent and hashable.
+    """
+    if neighbor.cell_size is None or isinstance(neighbor.cell_size, float):
+        return neighbor
+    return neighbor.set(cell_size=float(neighbor.cell_size))
 
 
 def update_or_reallocate(fns, positions, neighbor):

@@ -95,6 +95,20 @@ def md_graph(system: MDSystem, positions, neighbor) -> Graph:
     )
 
 
+def prepare_md_long_range(system: MDSystem, positions, neighbor, long_range_options):
+    """Static long-range data of the MD graph (None when ``long_range_options`` is None).
+
+    Host side: run once before the jitted steps (the cell is fixed).
+    """
+    positions = jnp.asarray(validate_positions(positions, system.num_atoms))
+    if long_range_options is None:
+        return None
+    from polmp.models.long_range import prepare_long_range
+
+    template = md_graph(system, positions, neighbor)
+    return prepare_long_range(template, **long_range_options)
+
+
 def bind(
     energy_fns,
     params,
@@ -103,6 +117,7 @@ def bind(
     neighbor,
     *,
     long_range_options=None,
+    long_range_data=None,
 ):
     """jax-md energy function ``energy_fn(R, neighbor=nbrs, **kwargs) -> eV`` of a model.
 
@@ -117,18 +132,17 @@ def bind(
         long_range_options: keyword arguments of
             ``polmp.models.long_range.prepare_long_range`` (sigma, accuracy, method...);
             None for an "sr" model.
+        long_range_data: already prepared data (``prepare_md_long_range``) instead of
+            ``long_range_options``, to share it with other bound functions.
 
     Returns:
         ``energy_fn(R, neighbor, **kwargs)``; extra kwargs (kT, mass, ...) that jax-md
         threads through are ignored.
     """
-    positions = jnp.asarray(validate_positions(positions, system.num_atoms))
-    long_range_data = None
-    if long_range_options is not None:
-        from polmp.models.long_range import prepare_long_range
-
-        template = md_graph(system, positions, neighbor)
-        long_range_data = prepare_long_range(template, **long_range_options)
+    if long_range_data is None:
+        long_range_data = prepare_md_long_range(
+            system, positions, neighbor, long_range_options
+        )
 
     def energy_fn(R, neighbor, **kwargs):
         del kwargs  # jax-md passes integrator state (kT, mass, ...) through

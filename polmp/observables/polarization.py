@@ -192,7 +192,9 @@ def polarization_current(
         velocities = jnp.where(atom_mask[:, None], velocities, 0.0)
     if cell is None:
         _, current = jax.jvp(
-            lambda r: polarization(charges_fn, r, atom_mask), (positions,), (velocities,)
+            lambda r: polarization(charges_fn, r, atom_mask),
+            (positions,),
+            (velocities,),
         )
         return math.sqrt(eps_e) * current
     s = jnp.linalg.solve(cell.T, positions.T).T

@@ -20,7 +20,7 @@ def _run(*args):
 
 
 def test_demo_prints_consistent_long_range_energies():
-    out = _run("demo", "--molecules-per-side", "3", "--precision", "float64")
+    out = _run("electrostatics", "--molecules-per-side", "3", "--precision", "float64")
     rows = {
         line[:28].strip(): line[28:].split()
         for line in out.splitlines()[2:]
@@ -40,7 +40,7 @@ def test_parser_rejects_unknown_verbs_and_bad_options():
     with pytest.raises(SystemExit):
         parser.parse_args(["fly"])
     with pytest.raises(SystemExit):
-        parser.parse_args(["demo", "--precision", "float16"])
+        parser.parse_args(["electrostatics", "--precision", "float16"])
 
 
 def _write_run(tmp_path):
