@@ -291,8 +291,8 @@ def run_spectra(args: argparse.Namespace) -> int:
 
 
 #: Default length of the demo MD (0.5 fs steps): equilibration, then recorded steps.
-DEMO_EQUILIBRATION = 400
-DEMO_STEPS = 2000
+DEMO_EQUILIBRATION = 200
+DEMO_STEPS = 1200
 
 #: Experimental liquid-water optical constants (shared data, CC0), if present.
 DEFAULT_WATER_IR = (

@@ -8,12 +8,12 @@ import pytest
 from polmp.cli.main import build_parser
 
 
-def _run(*args):
+def _run(*args, timeout=300):
     result = subprocess.run(
         [sys.executable, "-m", "polmp.cli.main", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -93,3 +93,21 @@ def test_sweep_tabulates_every_grid_point(tmp_path):
     data, config = _write_run(tmp_path)
     out = _run("sweep", str(config), "--grid", "training.seed=[0, 1]")
     assert "training.seed=0" in out and "training.seed=1" in out
+
+
+@pytest.mark.slow
+def test_demo_main_job_writes_spectra(tmp_path):
+    """README's first command, shortened: shipped model -> MD -> spectra files."""
+    out = _run(
+        "demo",
+        "--steps",
+        "200",
+        "--equilibration",
+        "0",
+        "--output",
+        str(tmp_path / "d"),
+        timeout=1200,
+    )
+    assert "libration" in out and "ir" in out
+    for name in ("observables.npz", "spectra.npz", "peaks.json", "ir.png", "raman.png"):
+        assert (tmp_path / "d" / name).stat().st_size > 0
