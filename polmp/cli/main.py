@@ -68,6 +68,7 @@ def run_demo(args: argparse.Namespace) -> int:
         record_every=4,
         trajectory_every=100,
         thermostat_time_fs=50.0,
+        skin_A=0.3,  # the 9.67 A box allows cutoff + skin < 4.84 A
         precision=args.precision,
         seed=args.seed,
         output_dir=args.output,
