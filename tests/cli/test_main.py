@@ -8,7 +8,7 @@ import pytest
 from polmp.cli.main import build_parser
 
 
-def _run(*args, timeout=300):
+def _run(*args, timeout=900):
     result = subprocess.run(
         [sys.executable, "-m", "polmp.cli.main", *args],
         capture_output=True,
