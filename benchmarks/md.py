@@ -158,10 +158,8 @@ def md_timing(trained, size, observables, record_every, args, workdir):
         precision="float32",
         output_dir=workdir,
     )
-    # jax-md keeps NeighborList.cell_size (an array) as static pytree metadata; a
-    # second run_md in one process then fails comparing it inside jit's cache lookup
-    # (TracerBoolConversionError in jax_md.quantity.force_fn).  Clearing the caches
-    # first avoids that; each run compiles afresh anyway (its own bound model).
+    # Each run compiles afresh anyway (its own bound model); clearing the caches
+    # keeps the memory of earlier runs' executables from accumulating.
     jax.clear_caches()
     clock = _Clock()
     simulate.time = clock
