@@ -10,18 +10,9 @@ from polmp.data.batching import frames_to_graph
 from polmp.data.water import water_box
 from polmp.models.long_range import graph_long_range, prepare_long_range
 from polmp.models.potential import make_energy_fn
-from tests.training.morse import tiny_model
+from tests.training.morse import tiny_latent_model
 
-CONFIG = tiny_model(
-    cutoff_A=3.0,
-    num_channels=4,
-    avg_num_neighbors=4.0,
-    variant="q+mu+dq+dmu",
-    q_scale=0.5,
-    mu_scale=0.2,
-    kappa_scale=0.05,
-    alpha_scale=0.05,
-)
+CONFIG = tiny_latent_model(cutoff_A=3.0, avg_num_neighbors=4.0)
 LR = dict(sigma=1.0, accuracy=1e-8, method="ewald")
 
 

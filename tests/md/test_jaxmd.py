@@ -13,18 +13,9 @@ from polmp.md.jaxmd import MDSystem, bind, thermal_energy, timestep, unwrapped_s
 from polmp.md.run import run_chunked
 from polmp.models.long_range import graph_long_range, prepare_long_range
 from polmp.models.potential import make_energy_fn
-from tests.training.morse import tiny_model
+from tests.training.morse import tiny_latent_model
 
-CONFIG = tiny_model(
-    cutoff_A=3.5,
-    num_channels=4,
-    avg_num_neighbors=8.0,
-    variant="q+mu+dq+dmu",
-    q_scale=0.5,
-    mu_scale=0.2,
-    kappa_scale=0.05,
-    alpha_scale=0.05,
-)
+CONFIG = tiny_latent_model()
 LR = dict(sigma=1.0, accuracy=1e-8, method="ewald")
 
 

@@ -17,18 +17,9 @@ from polmp.md.simulate import run_md
 from polmp.models.long_range import prepare_long_range
 from polmp.observables.polarization import born_charges, total_latents
 from polmp.training.trained import TrainedModel, energy_fns_of
-from tests.training.morse import tiny_model
+from tests.training.morse import tiny_latent_model
 
-MODEL = tiny_model(
-    cutoff_A=3.5,
-    num_channels=4,
-    avg_num_neighbors=8.0,
-    variant="q+mu+dq+dmu",
-    q_scale=0.5,
-    mu_scale=0.2,
-    kappa_scale=0.05,
-    alpha_scale=0.05,
-)
+MODEL = tiny_latent_model()
 
 
 @pytest.fixture(scope="module")

@@ -77,3 +77,23 @@ def tiny_model(**overrides) -> ModelConfig:
     )
     kwargs.update(overrides)
     return ModelConfig(**kwargs)
+
+
+def tiny_latent_model(**overrides) -> ModelConfig:
+    """``tiny_model`` with charges, dipoles and induced terms of visible size.
+
+    Variant "q+mu+dq+dmu", 4 channels, cutoff 3.5 A; the output scales are raised so
+    that the latents (and so Born charges, Pdot, E_lr) are far from zero untrained.
+    """
+    kwargs = dict(
+        cutoff_A=3.5,
+        num_channels=4,
+        avg_num_neighbors=8.0,
+        variant="q+mu+dq+dmu",
+        q_scale=0.5,
+        mu_scale=0.2,
+        kappa_scale=0.05,
+        alpha_scale=0.05,
+    )
+    kwargs.update(overrides)
+    return tiny_model(**kwargs)

@@ -217,11 +217,15 @@ def test_load_and_export_trained(run, tmp_path):
     _, result = run
     trained = load_trained(result.run_dir)
     assert trained.config.model == result.model_config
-    for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(result.params)):
+    for a, b in zip(
+        jax.tree.leaves(trained.params), jax.tree.leaves(result.params), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     exported = load_trained(export_trained(trained, tmp_path / "model"))
     assert exported.config == trained.config
-    for a, b in zip(jax.tree.leaves(exported.params), jax.tree.leaves(trained.params)):
+    for a, b in zip(
+        jax.tree.leaves(exported.params), jax.tree.leaves(trained.params), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # and its energy function reproduces the evaluation of the run
     metrics, _ = evaluate(tmp_path / "model", VALID)
