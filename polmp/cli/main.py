@@ -309,10 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--model", default="water-gfn2-full", help="model to run")
     demo.add_argument(
-        "--steps", type=int, default=DEMO_STEPS, help="recorded MD steps (a multiple of 100)"
+        "--steps",
+        type=int,
+        default=DEMO_STEPS,
+        help="recorded MD steps (a multiple of 100)",
     )
     demo.add_argument(
-        "--equilibration", type=int, default=DEMO_EQUILIBRATION, help="unrecorded NVT steps first (a multiple of 100)"
+        "--equilibration",
+        type=int,
+        default=DEMO_EQUILIBRATION,
+        help="unrecorded NVT steps first (a multiple of 100)",
     )
     demo.add_argument("--output", default="polmp-demo", help="output directory")
     demo.add_argument("--precision", choices=("float32", "float64"), default="float32")

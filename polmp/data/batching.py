@@ -88,12 +88,14 @@ class BatchPlan:
         num_atoms: atom capacity N (>= total atoms + 1).
         num_edges: edge capacity E (>= total edges).
         num_graphs: graph capacity G (>= number of frames + 1).
+        kind: the group key of its frames (``plan_buckets(kinds=...)``), 0 if none.
     """
 
     indices: tuple[int, ...]
     num_atoms: int
     num_edges: int
     num_graphs: int
+    kind: int = 0
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -345,6 +347,7 @@ def plan_buckets(
     *,
     rng: np.random.Generator | None = None,
     edge_counts: Sequence[int] | None = None,
+    kinds: Sequence[int] | None = None,
 ) -> list[BatchPlan]:
     """Group frames into batches with at most ``max_shapes`` distinct capacities.
 
@@ -357,6 +360,12 @@ def plan_buckets(
     at most ``max_shapes`` remain.  ``num_graphs`` is ``batch_size + 1`` for every
     batch.  Every frame is in exactly one batch, and every batch fits its shape.
 
+    With ``kinds`` (one integer per frame, e.g. periodic or not), frames of different
+    kinds never share a batch and shapes of different kinds are never merged: a kind
+    may need different static data besides the padded graph (the long-range solver
+    groups), so a (kind, shape) pair is what compiles; at most
+    ``max(max_shapes, number of kinds)`` pairs result.
+
     Args:
         frames: the data set.
         cutoff: float, A, the neighbour cutoff the batches will be built with.
@@ -365,13 +374,14 @@ def plan_buckets(
         rng: if given, random tie-breaking and a shuffled batch order (use a new
             plan per epoch for shuffled training).
         edge_counts: per-frame edge counts if already known (else ``count_edges``).
+        kinds: per-frame group keys (ints), or None (one kind).
 
     Returns:
         list of ``BatchPlan``.
 
     Raises:
-        ValueError: empty data set, batch_size < 1, max_shapes < 1, or edge_counts of
-            the wrong length.
+        ValueError: empty data set, batch_size < 1, max_shapes < 1, or edge_counts /
+            kinds of the wrong length.
     """
     frames = list(frames)
     if not frames:
@@ -389,15 +399,30 @@ def plan_buckets(
             raise ValueError(
                 f"edge_counts has {edges.shape} entries, expected {atoms.shape}"
             )
+    if kinds is None:
+        kind = np.zeros(len(frames), np.int64)
+    else:
+        kind = np.asarray(kinds, dtype=np.int64)
+        if kind.shape != atoms.shape:
+            raise ValueError(f"kinds has {kind.shape} entries, expected {atoms.shape}")
     tie_break = (
         rng.permutation(len(frames)) if rng is not None else np.arange(len(frames))
     )
-    order = np.lexsort((tie_break, edges, atoms))
-    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    order = np.lexsort((tie_break, edges, atoms, kind))
+    batches = []
+    for k in np.unique(kind):
+        # batches are cut within a kind (the last one of each kind may be short)
+        part = order[kind[order] == k]
+        batches += [part[s : s + batch_size] for s in range(0, len(part), batch_size)]
     need = np.array([(atoms[b].sum() + 1, max(edges[b].sum(), 1)) for b in batches])
-    caps = np.array([(round_capacity(a), round_capacity(e)) for a, e in need])
+    caps = np.array(
+        [
+            (kind[b[0]], round_capacity(a), round_capacity(e))
+            for b, (a, e) in zip(batches, need, strict=True)
+        ]
+    )
 
-    # groups of batches sharing one shape, kept sorted by atom capacity
+    # groups of batches sharing one (kind, shape), sorted by kind, then atom capacity
     shapes = sorted({tuple(c) for c in caps.tolist()})
     members = {s: [] for s in shapes}
     for b, c in enumerate(caps.tolist()):
@@ -405,18 +430,22 @@ def plan_buckets(
     groups = [(np.array(s), members[s]) for s in shapes]
 
     def cost(cap, count):
-        return count * (_ATOM_COST * cap[0] + cap[1])
+        return count * (_ATOM_COST * cap[1] + cap[2])
 
     while len(groups) > max_shapes:
-        best, best_k = None, 0
+        best, best_k = None, None
         for k in range(len(groups) - 1):
             (ca, ma), (cb, mb) = groups[k], groups[k + 1]
+            if ca[0] != cb[0]:
+                continue  # never merge shapes of different kinds
             merged = np.maximum(ca, cb)
             extra = (
                 cost(merged, len(ma) + len(mb)) - cost(ca, len(ma)) - cost(cb, len(mb))
             )
             if best is None or extra < best:
                 best, best_k = extra, k
+        if best_k is None:
+            break  # one shape per kind left
         (ca, ma), (cb, mb) = groups[best_k], groups[best_k + 1]
         groups[best_k : best_k + 2] = [(np.maximum(ca, cb), ma + mb)]
 
@@ -425,9 +454,10 @@ def plan_buckets(
         for b in batch_ids:
             plans[b] = BatchPlan(
                 indices=tuple(int(k) for k in batches[b]),
-                num_atoms=int(cap[0]),
-                num_edges=int(cap[1]),
+                num_atoms=int(cap[1]),
+                num_edges=int(cap[2]),
                 num_graphs=int(batch_size) + 1,
+                kind=int(cap[0]),
             )
     if rng is not None:
         plans = [plans[k] for k in rng.permutation(len(plans))]

@@ -99,7 +99,9 @@ def direct_energy(
     """
     positions, q, mu, theta = _as_arrays(positions, q, mu, theta)
     n = positions.shape[0]
-    chunk, num_blocks, rows, atom_mask = _prepare_blocks(positions, atom_mask, chunk_size)
+    chunk, num_blocks, rows, atom_mask = _prepare_blocks(
+        positions, atom_mask, chunk_size
+    )
     max_l = kernels.required_order(mu, theta)
 
     @jax.checkpoint
@@ -152,7 +154,9 @@ def direct_potential_field(
     """
     positions, q, mu, theta = _as_arrays(positions, q, mu, theta)
     n = positions.shape[0]
-    chunk, num_blocks, rows, atom_mask = _prepare_blocks(positions, atom_mask, chunk_size)
+    chunk, num_blocks, rows, atom_mask = _prepare_blocks(
+        positions, atom_mask, chunk_size
+    )
     max_l = kernels.required_order(mu, theta, field=True)
 
     @jax.checkpoint

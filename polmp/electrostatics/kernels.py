@@ -145,7 +145,7 @@ def _erf_both(r2, sigma, max_l, *, need_erfc=True):
     small = _erf_series(r2_small, sigma, max_l)
     big = _upward(r2_large, sigma, max_l, complementary=False)
     big_c = _upward(r2_large, sigma, max_l, complementary=True) if need_erfc else None
-    erf_l = [jnp.where(large, bl, sl) for sl, bl in zip(small, big)]
+    erf_l = [jnp.where(large, bl, sl) for sl, bl in zip(small, big, strict=True)]
     return erf_l, big_c, large
 
 
@@ -192,7 +192,8 @@ def screened_radial(r2, sigma, sigma_split, max_l=4):
         r2_pt = jnp.where(large_s, 1.0, r2)
         point = coulomb_radial(r2_pt, max_l)
         return tuple(
-            jnp.where(large_s, cl, pl - sl) for cl, pl, sl in zip(erfc_s, point, erf_s)
+            jnp.where(large_s, cl, pl - sl)
+            for cl, pl, sl in zip(erfc_s, point, erf_s, strict=True)
         )
     erf_a, erfc_a, large_a = _erf_both(r2, sigma, max_l)
     both_large = large_a & large_s
@@ -200,7 +201,7 @@ def screened_radial(r2, sigma, sigma_split, max_l=4):
     # (erfc_split - erfc_sigma) so that the difference keeps its relative accuracy.
     return tuple(
         jnp.where(both_large, cs - ca, ea - es)
-        for ea, es, ca, cs in zip(erf_a, erf_s, erfc_a, erfc_s)
+        for ea, es, ca, cs in zip(erf_a, erf_s, erfc_a, erfc_s, strict=True)
     )
 
 
@@ -263,11 +264,19 @@ def pair_energy(d, B, q_i, q_j, mu_i=None, mu_j=None, theta_i=None, theta_j=None
         ti, tj = _trace(theta_i), _trace(theta_j)
         thi_d, thj_d = _matvec(theta_i, d), _matvec(theta_j, d)
         dti, dtj = _dot(d, thi_d), _dot(d, thj_d)
-        e = e + 0.5 * q_j * (-ti * B[1] + dti * B[2]) + 0.5 * q_i * (-tj * B[1] + dtj * B[2])
+        e = (
+            e
+            + 0.5 * q_j * (-ti * B[1] + dti * B[2])
+            + 0.5 * q_i * (-tj * B[1] + dtj * B[2])
+        )
         if mu_i is not None:
             # grad_i = -grad_d: the mu_i (one gradient) terms flip sign, Theta_i's do not.
-            e = e + 0.5 * (mjd * ti * B[2] + 2.0 * _dot(mu_j, thi_d) * B[2] - mjd * dti * B[3])
-            e = e - 0.5 * (mid * tj * B[2] + 2.0 * _dot(mu_i, thj_d) * B[2] - mid * dtj * B[3])
+            e = e + 0.5 * (
+                mjd * ti * B[2] + 2.0 * _dot(mu_j, thi_d) * B[2] - mjd * dti * B[3]
+            )
+            e = e - 0.5 * (
+                mid * tj * B[2] + 2.0 * _dot(mu_i, thj_d) * B[2] - mid * dtj * B[3]
+            )
         th_th = jnp.sum(theta_i * theta_j, axis=(-2, -1))
         e = e + 0.25 * (
             (ti * tj + 2.0 * th_th) * B[2]

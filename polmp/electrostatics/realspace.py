@@ -179,7 +179,9 @@ def realspace_energy(positions, cell, q, mu, theta, pairs, *, sigma, sigma_split
     return 0.5 * COULOMB * jnp.sum(jnp.where(pairs.mask, e, 0.0))
 
 
-def realspace_potential_field(positions, cell, q, mu, theta, pairs, *, sigma, sigma_split):
+def realspace_potential_field(
+    positions, cell, q, mu, theta, pairs, *, sigma, sigma_split
+):
     """Real-space parts of phi_i = dE_real/dq_i and E_i = -dE_real/dmu_i.
 
     Args:

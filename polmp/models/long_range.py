@@ -65,6 +65,7 @@ __all__ = [
     "LongRangeOutputs",
     "bind_long_range",
     "graph_long_range",
+    "pin_periodic_solver",
     "prepare_long_range",
 ]
 
@@ -176,6 +177,91 @@ def _group(graph_ids, atoms_of, num_slots, atoms_per_graph, pad_atom, pad_graph)
     return graph_index, atom_index, atom_mask
 
 
+def _cheaper_solver(atoms_per_graph: int, num_kvectors: int, mesh) -> str:
+    """ "ewald" or "pme" for one periodic block, by ``api``'s measured cost model."""
+    cost_ewald = api.COST_EWALD_PER_ATOM_K * atoms_per_graph * num_kvectors
+    cost_pme = api.COST_PME_PER_MESH_POINT * float(np.prod(mesh))
+    return "ewald" if cost_ewald <= cost_pme else "pme"
+
+
+def pin_periodic_solver(
+    cells,
+    *,
+    atoms_per_graph: int,
+    sigma: float = 1.0,
+    accuracy: float = 1e-6,
+    method: str = "auto",
+    max_multipole_order: int = 2,
+    les_compat: bool = False,
+    pme_order: int | None = None,
+) -> dict:
+    """One periodic solver and its capacities for every cell of a data set.  Host.
+
+    ``prepare_long_range`` otherwise sizes the k-vector set or the PME mesh (and, with
+    ``method="auto"``, picks the solver) batch by batch, so a data set of many cells
+    (an NPT trajectory) compiles a new shape for many batches.  Passing this function's
+    result as keyword arguments pins them: the largest k-set / the finest mesh of all
+    cells, and one solver chosen by the same cost model for a block of
+    ``atoms_per_graph`` atoms.
+
+    Args:
+        cells: (F, 3, 3) lattice vectors of the periodic frames, A (F >= 1).
+        atoms_per_graph: block size n of the periodic group.
+        sigma, accuracy, method, max_multipole_order, les_compat, pme_order: as in
+            ``prepare_long_range``.
+
+    Returns:
+        dict with ``method`` ("ewald" or "pme"), ``num_kvectors`` (Ewald) and
+        ``pme_mesh_shape`` (PME), for ``prepare_long_range(graph, **options, **pin)``.
+
+    Raises:
+        ValueError: no cells, a bad cell, or an unknown method.
+    """
+    if method not in PERIODIC_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {PERIODIC_METHODS}")
+    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
+    if cells.shape[0] == 0:
+        raise ValueError("pin_periodic_solver needs at least one periodic cell")
+    # an NPT set repeats few cells exactly; evaluate each distinct one once
+    cells = np.unique(cells.reshape(-1, 9), axis=0).reshape(-1, 3, 3)
+    for cell in cells:
+        validate_cell(cell)
+    if les_compat:
+        method = "ewald"
+    if pme_order is None:
+        pme_order = 8 if max_multipole_order >= 2 else 6
+    kw = dict(sigma=float(sigma), accuracy=float(accuracy))
+    num_k = mesh = None
+    if method in ("auto", "ewald"):
+        num_k = max(
+            kgrid.prepare_kgrid(
+                c, les_compat=les_compat, max_multipole_order=max_multipole_order, **kw
+            ).num_kvectors
+            for c in cells
+        )
+    if method in ("auto", "pme"):
+        mesh = tuple(
+            int(x)
+            for x in np.max(
+                [
+                    pme.mesh_shape_for(
+                        c,
+                        order=pme_order,
+                        max_multipole_order=max_multipole_order,
+                        **kw,
+                    )
+                    for c in cells
+                ],
+                axis=0,
+            )
+        )
+    if method == "auto":
+        method = _cheaper_solver(int(atoms_per_graph), num_k, mesh)
+    if method == "ewald":
+        return dict(method="ewald", num_kvectors=round_capacity(num_k, 64))
+    return dict(method="pme", pme_mesh_shape=mesh)
+
+
 def prepare_long_range(
     graph: Graph,
     *,
@@ -190,6 +276,7 @@ def prepare_long_range(
     num_free: int | None = None,
     atoms_per_graph: int | None = None,
     num_kvectors: int | None = None,
+    pme_mesh_shape: tuple[int, int, int] | None = None,
 ) -> LongRangeData:
     """Static long-range data of a concrete padded graph.  Not jittable.
 
@@ -213,6 +300,9 @@ def prepare_long_range(
             graph).
         num_kvectors: k-vector capacity M of the Ewald group (default:
             ``round_capacity(max M, 64)``).
+        pme_mesh_shape: PME mesh of the periodic group (default: the per-axis maximum
+            the graphs need); a finer mesh only improves the sum.  ``pin_periodic_solver``
+            gives ``method``, ``num_kvectors`` and this for a whole data set.
 
     Returns:
         :class:`LongRangeData`.
@@ -301,16 +391,22 @@ def prepare_long_range(
         )
         # a finer mesh than a graph needs only improves it: one mesh for the group
         mesh = tuple(int(x) for x in shapes.max(axis=0))
+        if pme_mesh_shape is not None:
+            pinned = tuple(int(x) for x in pme_mesh_shape)
+            if len(pinned) != 3 or any(
+                p < m for p, m in zip(pinned, mesh, strict=True)
+            ):
+                raise ValueError(
+                    f"pme_mesh_shape = {pme_mesh_shape} is coarser than the mesh "
+                    f"{mesh} a graph of this batch needs"
+                )
+            mesh = pinned
     if method == "auto":
         if not periodic:
             method = "ewald"
         else:
             num_k = max(grid.num_kvectors for grid in grids)
-            cost_ewald = api.COST_EWALD_PER_ATOM_K * p_atoms.size * num_k
-            cost_pme = (
-                api.COST_PME_PER_MESH_POINT * len(periodic) * float(np.prod(mesh))
-            )
-            method = "ewald" if cost_ewald <= cost_pme else "pme"
+            method = _cheaper_solver(p_atoms.shape[1], num_k, mesh)
 
     pme_spec = None
     kvectors = np.zeros((len(p_index), 0, 3), np.int32)

@@ -152,7 +152,9 @@ def load_datasets(data: DataConfig) -> tuple[list[Frame], list[Frame], list[Fram
 
     def read(path):
         if path.startswith(EMBEDDED_PREFIX):
-            frames = select_frames(load_embedded(path.removeprefix(EMBEDDED_PREFIX)), data.index)
+            frames = select_frames(
+                load_embedded(path.removeprefix(EMBEDDED_PREFIX)), data.index
+            )
         else:
             frames = read_frames(path, data.index, data.format, **keys)
         if not frames:
@@ -194,14 +196,14 @@ def fit_model_reference_energies(
     )
 
 
-def _long_range_prepare(config: RunConfig):
-    """Host function graph -> LongRangeData for variants with latents, else None."""
+def _long_range_prepare(config: RunConfig, frames: Sequence[Frame]):
+    """Host function (graph, kind) -> LongRangeData with capacities pinned over
+    ``frames`` (every data set the compiled steps see), for variants with latents;
+    None for "sr"."""
     options = long_range_options_of(config)
     if options is None:
         return None
-    from polmp.models.long_range import prepare_long_range
-
-    return functools.partial(prepare_long_range, **options)
+    return pipeline.PinnedLongRange.for_frames(frames, options)
 
 
 def _dtype(precision: str, *, strict: bool = True):
@@ -274,10 +276,13 @@ class _Evaluator(NamedTuple):
     cache: pipeline.BatchCache
 
 
-def _make_evaluator(frames, config: RunConfig, dtype, mesh, lr_prepare, num_devices):
+def _make_evaluator(
+    frames, config: RunConfig, dtype, mesh, lr_prepare, num_devices, pool
+):
+    """Size-ordered evaluation steps over ``frames``; ``pool`` is shared by the
+    evaluators of one run so that they reuse each other's compiled shapes."""
     if not frames:
         return None
-    pool = pipeline.ShapePool()
     steps = pipeline.make_step_plans(
         frames,
         config.cutoff_A,
@@ -286,6 +291,7 @@ def _make_evaluator(frames, config: RunConfig, dtype, mesh, lr_prepare, num_devi
         pool,
         edge_counts=pipeline.edge_counts_of(frames, config.cutoff_A),
         max_shapes=config.data.max_shapes,
+        kinds=None if lr_prepare is None else pipeline.frame_kinds(frames),
     )
     cache = pipeline.BatchCache(frames, config.cutoff_A, dtype, mesh, lr_prepare)
     return _Evaluator(steps, cache)
@@ -498,12 +504,16 @@ def train(
     mesh = sharding.make_mesh(t.num_devices)
     _write_run_files(run_dir, config, mesh)
     fns = energy_fns_of(model_cfg)
-    lr_prepare = _long_range_prepare(config)
+    lr_prepare = _long_range_prepare(
+        config, [*train_frames, *valid_frames, *test_frames]
+    )
     cutoff = config.cutoff_A
 
     # data: per-epoch plans (from (seed, epoch)) over a shared shape pool
     train_edges = pipeline.edge_counts_of(train_frames, cutoff)
+    train_kinds = None if lr_prepare is None else pipeline.frame_kinds(train_frames)
     pool = pipeline.ShapePool()
+    eval_pool = pipeline.ShapePool()
 
     def epoch_plans(epoch):
         return pipeline.make_step_plans(
@@ -515,6 +525,7 @@ def train(
             edge_counts=train_edges,
             rng=np.random.default_rng([t.seed, epoch]),
             max_shapes=config.data.max_shapes,
+            kinds=train_kinds,
         )
 
     train_cache = pipeline.BatchCache(train_frames, cutoff, dtype, mesh, lr_prepare)
@@ -544,7 +555,7 @@ def train(
     state = sharding.put_replicated(state, mesh)
     train_step, eval_step = _compiled_steps(model_cfg, _step_key(t), total_steps, mesh)
     valid_eval = _make_evaluator(
-        valid_frames, config, dtype, mesh, lr_prepare, t.num_devices
+        valid_frames, config, dtype, mesh, lr_prepare, t.num_devices, eval_pool
     )
 
     history_path = run_dir / "metrics.jsonl"
@@ -671,7 +682,9 @@ def train(
         evaluator = (
             valid_eval
             if name == "valid"
-            else _make_evaluator(frames, config, dtype, mesh, lr_prepare, t.num_devices)
+            else _make_evaluator(
+                frames, config, dtype, mesh, lr_prepare, t.num_devices, eval_pool
+            )
         )
         want = t.parity_plots and name == parity_set
         sums, data = _run_eval(evaluator, eval_step, best, parity=want)
@@ -763,9 +776,11 @@ def evaluate(
         )
     dtype = _dtype(config.precision, strict=False)
     mesh = sharding.make_mesh(1)
-    lr_prepare = _long_range_prepare(config)
+    lr_prepare = _long_range_prepare(config, frames)
     params = trained.cast(dtype).params
-    evaluator = _make_evaluator(frames, config, dtype, mesh, lr_prepare, 1)
+    evaluator = _make_evaluator(
+        frames, config, dtype, mesh, lr_prepare, 1, pipeline.ShapePool()
+    )
     eval_step = _compiled_eval(
         config.model, config.training.loss, config.training.huber_delta, mesh
     )

@@ -11,11 +11,20 @@ in it is the whole data-order state (``LoopState.batch_in_epoch``).  With D devi
 each global batch is cut into D consecutive chunks; the frames of a step do not depend
 on D, so D devices train on the same batches as one.
 
-Compiled shapes.  A ``ShapePool`` keeps the shapes used so far.  A step takes the
-cheapest pooled shape that fits all of its chunks; only when none fits is a new shape
-added (the epoch's own bucket shape, or for D > 1 the rounded largest chunk need of that
-bucket).  Shapes therefore stay at ``plan_buckets``' <= ``max_shapes`` per data set
-unless a later epoch's tie-breaking needs a bigger one, and the count is reported.
+Compiled shapes.  A ``ShapePool`` keeps the (kind, shape) pairs used so far.  The
+first plan over a data set seeds it with all of its bucket shapes (so a small batch is
+never padded to a big shape that happened to be drawn first); afterwards a step takes
+the cheapest pooled shape of its kind that fits all of its chunks, and only when none
+fits is a new shape added (the epoch's own bucket shape, or for D > 1 the rounded
+largest chunk need of that bucket).  Shapes therefore stay at ``plan_buckets``'
+<= ``max_shapes`` per data set unless a later epoch's tie-breaking needs a bigger one,
+and the count is reported.
+
+Kinds.  With long-range terms, periodic and non-periodic frames need different solver
+groups, so they are planned as two kinds (``frame_kinds``) that never share a batch,
+and ``PinnedLongRange`` prepares the long-range data of every batch of a kind with
+capacities fixed for the whole data set (slots, block size, k-vectors or PME mesh):
+the long-range data then add no compiled shapes beyond the padded graph's.
 
 Batches are built once per (chunks, shape) with ``frames_to_batch`` and cached.
 """
@@ -23,6 +32,7 @@ Batches are built once per (chunks, shape) with ``frames_to_batch`` and cached.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,10 +61,12 @@ class StepPlan:
     Attributes:
         chunks: D tuples of frame indices, one per device (a chunk may be empty).
         shape: per-device capacities (num_atoms, num_edges, num_graphs).
+        kind: the kind of its frames (``frame_kinds``), 0 without kinds.
     """
 
     chunks: tuple[tuple[int, ...], ...]
     shape: tuple[int, int, int]
+    kind: int = 0
 
     @property
     def indices(self) -> tuple[int, ...]:
@@ -64,25 +76,32 @@ class StepPlan:
 
 @dataclasses.dataclass
 class ShapePool:
-    """Per-device shapes used so far (mutable host bookkeeping, module docstring)."""
+    """(kind, per-device shape) pairs used so far (mutable host bookkeeping, module
+    docstring)."""
 
     shapes: set = dataclasses.field(default_factory=set)
 
     def fit(
-        self, needs: Sequence[tuple[int, int]], num_graphs: int, candidate
+        self,
+        needs: Sequence[tuple[int, int]],
+        num_graphs: int,
+        candidate,
+        kind: int = 0,
     ) -> tuple:
-        """The cheapest pooled shape that holds every (atoms, edges) need, else add
-        ``candidate`` (which must hold them)."""
+        """The cheapest pooled shape of ``kind`` that holds every (atoms, edges) need,
+        else add ``candidate`` (which must hold them)."""
         fits = [
             s
-            for s in self.shapes
-            if s[2] == num_graphs and all(s[0] >= a and s[1] >= e for a, e in needs)
+            for k, s in self.shapes
+            if k == kind
+            and s[2] == num_graphs
+            and all(s[0] >= a and s[1] >= e for a, e in needs)
         ]
         if fits:
             return min(fits, key=lambda s: (_ATOM_COST * s[0] + s[1], s))
         candidate = tuple(int(c) for c in candidate)
         assert all(candidate[0] >= a and candidate[1] >= e for a, e in needs)
-        self.shapes.add(candidate)
+        self.shapes.add((int(kind), candidate))
         return candidate
 
 
@@ -197,6 +216,7 @@ def make_step_plans(
     edge_counts: np.ndarray,
     rng: np.random.Generator | None = None,
     max_shapes: int = 8,
+    kinds: Sequence[int] | None = None,
 ) -> list[StepPlan]:
     """Steps over ``frames`` (one epoch, or one evaluation pass).  Not jittable.
 
@@ -209,6 +229,8 @@ def make_step_plans(
         edge_counts: per-frame edge counts (``count_edges``, computed once).
         rng: shuffles the order (and ties) when given; None keeps size order.
         max_shapes: passed to ``plan_buckets``.
+        kinds: per-frame kinds (``frame_kinds``) or None; frames of different kinds
+            never share a step.
 
     Returns:
         list of ``StepPlan``.
@@ -216,7 +238,13 @@ def make_step_plans(
     atoms = np.array([f.num_atoms for f in frames], dtype=np.int64)
     edges = np.asarray(edge_counts, dtype=np.int64)
     plans = plan_buckets(
-        frames, cutoff, batch_size, max_shapes, rng=rng, edge_counts=edges
+        frames,
+        cutoff,
+        batch_size,
+        max_shapes,
+        rng=rng,
+        edge_counts=edges,
+        kinds=kinds,
     )
     per_device = math.ceil(batch_size / num_devices)
     num_graphs = per_device + 1
@@ -233,10 +261,11 @@ def make_step_plans(
     # candidate per-device shape of each bucket shape: its largest chunk need, rounded
     candidates: dict[tuple, list[int]] = {}
     for plan, chunks in chunked:
+        key = (plan.kind, plan.shape)
         if num_devices == 1:
-            candidates[plan.shape] = [plan.num_atoms, plan.num_edges]
+            candidates[key] = [plan.num_atoms, plan.num_edges]
             continue
-        best = candidates.setdefault(plan.shape, [1, 1])
+        best = candidates.setdefault(key, [1, 1])
         for chunk in chunks:
             a, e = _needs(chunk, atoms, edges)
             best[0], best[1] = max(best[0], a), max(best[1], e)
@@ -245,12 +274,80 @@ def make_step_plans(
             k: [round_capacity(v[0]), round_capacity(v[1])]
             for k, v in candidates.items()
         }
+    if not pool.shapes:
+        # the first plan seeds the pool with every bucket shape (module docstring)
+        for (kind, _), cap in candidates.items():
+            pool.shapes.add((kind, (*cap, num_graphs)))
     steps = []
     for plan, chunks in chunked:
         needs = [_needs(c, atoms, edges) for c in chunks]
-        shape = pool.fit(needs, num_graphs, (*candidates[plan.shape], num_graphs))
-        steps.append(StepPlan(chunks=chunks, shape=shape))
+        candidate = (*candidates[(plan.kind, plan.shape)], num_graphs)
+        shape = pool.fit(needs, num_graphs, candidate, plan.kind)
+        steps.append(StepPlan(chunks=chunks, shape=shape, kind=plan.kind))
     return steps
+
+
+def frame_kinds(frames: Sequence[Frame]) -> np.ndarray:
+    """Per-frame kind for long-range batching: 1 periodic (any direction), 0 not."""
+    return np.array([int(np.any(f.pbc)) for f in frames], dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class PinnedLongRange:
+    """Long-range preparation with capacities fixed per data set (host, callable).
+
+    ``pinned(graph, kind)`` is ``prepare_long_range(graph, **options)`` with the slots
+    of the periodic / non-periodic group set to the graph capacity G - 1 for a batch of
+    kind 1 / 0 (and 0 for the other group), the block size to the largest frame of
+    that kind, and the periodic solver, its k-vector count or PME mesh fixed by
+    ``pin_periodic_solver`` over every periodic cell: every batch of one (kind, shape)
+    then has long-range data of one shape.
+
+    Attributes:
+        options: ``prepare_long_range`` keyword arguments (sigma, accuracy, ...).
+        atoms_per_graph: {kind: block size n}.
+        periodic_solver: ``pin_periodic_solver`` result, or None (no periodic frame).
+    """
+
+    options: dict
+    atoms_per_graph: dict
+    periodic_solver: dict | None
+
+    @classmethod
+    def for_frames(cls, frames: Sequence[Frame], options: dict) -> PinnedLongRange:
+        """Capacities for ``frames`` (all the data sets that share compiled steps)."""
+        from polmp.models.long_range import pin_periodic_solver
+
+        kinds = frame_kinds(frames)
+        atoms_per_graph = {}
+        for kind in (0, 1):
+            sizes = [
+                f.num_atoms for f, k in zip(frames, kinds, strict=True) if k == kind
+            ]
+            if sizes:
+                atoms_per_graph[kind] = round_capacity(max(sizes))
+        solver = None
+        if 1 in atoms_per_graph:
+            cells = [f.cell for f, k in zip(frames, kinds, strict=True) if k]
+            solver = pin_periodic_solver(
+                np.asarray(cells), atoms_per_graph=atoms_per_graph[1], **options
+            )
+        return cls(dict(options), atoms_per_graph, solver)
+
+    def __call__(self, graph: Graph, kind: int):
+        from polmp.models.long_range import prepare_long_range
+
+        slots = int(graph.graph_mask.shape[0]) - 1
+        if kind not in self.atoms_per_graph:
+            raise ValueError(f"no frame of kind {kind} was seen when pinning")
+        pinned = dict(
+            num_periodic=slots if kind == 1 else 0,
+            num_free=0 if kind == 1 else slots,
+            atoms_per_graph=self.atoms_per_graph[kind],
+        )
+        if kind == 1:
+            pinned.update(self.periodic_solver)
+        return prepare_long_range(graph, **{**self.options, **pinned})
 
 
 def padding_batch(shape: tuple[int, int, int]) -> Batch:
@@ -314,7 +411,8 @@ class BatchCache:
         cutoff: neighbour cutoff, A.
         dtype: float dtype of the batches (the run's precision).
         mesh: device mesh (leading axis split over ``"data"``).
-        long_range: host function ``graph -> long-range data`` or None.
+        long_range: host function ``(graph, kind) -> long-range data`` (e.g.
+            ``PinnedLongRange``) or None.
         max_entries: cache size (oldest entries are dropped beyond it).
     """
 
@@ -336,19 +434,19 @@ class BatchCache:
         self._cache: dict = {}
         self.signatures: set = set()
 
-    def _one(self, chunk, shape):
+    def _one(self, chunk, shape, kind):
+        long_range = (
+            None
+            if self.long_range is None
+            else functools.partial(self.long_range, kind=kind)
+        )
         if not chunk:
             batch = padding_batch(shape)
-            if self.long_range is not None:
-                batch = dataclasses.replace(
-                    batch, long_range=self.long_range(batch.graph)
-                )
+            if long_range is not None:
+                batch = dataclasses.replace(batch, long_range=long_range(batch.graph))
             return batch
         return frames_to_batch(
-            [self.frames[k] for k in chunk],
-            self.cutoff,
-            *shape,
-            long_range=self.long_range,
+            [self.frames[k] for k in chunk], self.cutoff, *shape, long_range=long_range
         )
 
     def get(self, step: StepPlan):
@@ -357,7 +455,8 @@ class BatchCache:
         batch = self._cache.get(key)
         if batch is None:
             host = [
-                _cast(self._one(chunk, step.shape), self.dtype) for chunk in step.chunks
+                _cast(self._one(chunk, step.shape, step.kind), self.dtype)
+                for chunk in step.chunks
             ]
             stacked = sharding.stack_batches(host)
             self.signatures.add(shape_signature(stacked))

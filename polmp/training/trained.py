@@ -96,9 +96,11 @@ class TrainedModel:
     def cast(self, dtype) -> TrainedModel:
         """The same model with floating parameters cast to ``dtype``."""
         params = jax.tree.map(
-            lambda x: jnp.asarray(x, dtype)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
-            else jnp.asarray(x),
+            lambda x: (
+                jnp.asarray(x, dtype)
+                if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+                else jnp.asarray(x)
+            ),
             self.params,
         )
         return dataclasses.replace(self, params=params)

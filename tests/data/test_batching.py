@@ -313,3 +313,22 @@ def test_plan_buckets_few_shapes_and_every_batch_fits(rng):
     assert plan_buckets(frames, CUTOFF, 4, edge_counts=edges) == plan_buckets(
         frames, CUTOFF, 4, edge_counts=edges
     )
+
+
+def test_plan_buckets_keeps_kinds_apart(rng):
+    frames = [_cluster(rng, s) for s in rng.integers(3, 60, size=60)]
+    kinds = rng.integers(0, 3, size=len(frames))
+    edges = count_edges(frames, CUTOFF)
+    for max_shapes in (1, 2, 8):
+        plans = plan_buckets(
+            frames, CUTOFF, 4, max_shapes, rng=rng, edge_counts=edges, kinds=kinds
+        )
+        assert sorted(k for p in plans for k in p.indices) == list(range(60))
+        for p in plans:
+            assert {int(kinds[k]) for k in p.indices} == {p.kind}
+        # one shape per kind at least; merges never cross kinds
+        pairs = {(p.kind, p.shape) for p in plans}
+        assert len(pairs) <= max(max_shapes, 3)
+        assert {k for k, _ in pairs} == {0, 1, 2}
+    with pytest.raises(ValueError, match="kinds"):
+        plan_buckets(frames, CUTOFF, 4, edge_counts=edges, kinds=kinds[:-1])

@@ -7,6 +7,7 @@ import numpy as np
 
 from polmp.geometry.graph import Graph
 from polmp.geometry.neighbors import neighbor_pairs
+from polmp.models.heads import AtomicOutputs
 
 
 def make_graph(
@@ -67,3 +68,26 @@ def cluster(rng, n=5, scale=1.1):
         d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + 10 * np.eye(n)
         if d.min() > 0.7:
             return pos
+
+
+def random_latents(rng, graph, channels=2):
+    """Random latents of every kind on the flat atom axis, zero on padding atoms."""
+    n = graph.num_atoms
+    mask = np.asarray(graph.atom_mask, float)
+
+    def m(x):
+        return jnp.asarray(x * mask.reshape((-1,) + (1,) * (x.ndim - 1)))
+
+    a = rng.normal(size=(n, 3, 3))
+    theta = a + np.swapaxes(a, 1, 2)
+    theta -= np.trace(theta, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3
+    v = rng.normal(size=(n, 3, 3))
+    alpha = 0.02 * (np.einsum("nab,ncb->nac", v, v) + np.eye(3))
+    return AtomicOutputs(
+        energy=m(np.zeros(n)),
+        q=m(0.5 * rng.normal(size=(n, channels))),
+        mu=m(0.2 * rng.normal(size=(n, 3))),
+        theta=m(0.1 * theta),
+        kappa=m(0.02 * rng.uniform(0.5, 1.5, size=n)),
+        alpha=m(alpha),
+    )

@@ -14,7 +14,6 @@ from polmp.data.batching import Batch, frames_to_batch, frames_to_graph
 from polmp.data.schema import Frame
 from polmp.electrostatics import long_range
 from polmp.models.config import ModelConfig
-from polmp.models.heads import AtomicOutputs
 from polmp.models.long_range import (
     LongRangeData,
     bind_long_range,
@@ -23,7 +22,7 @@ from polmp.models.long_range import (
 )
 from polmp.models.potential import make_energy_fn
 from tests.models.equivariance import assert_equivariant
-from tests.models.graphs import cluster
+from tests.models.graphs import cluster, random_latents
 from tests.utils import shared_path
 
 CUTOFF = 3.0
@@ -73,29 +72,6 @@ def _small_frames(rng):
     return [tri, molecule]
 
 
-def _random_outputs(rng, graph, channels=2):
-    """Random latents of every kind on the flat atom axis, zero on padding atoms."""
-    n = graph.num_atoms
-    mask = np.asarray(graph.atom_mask, float)
-
-    def m(x):
-        return jnp.asarray(x * mask.reshape((-1,) + (1,) * (x.ndim - 1)))
-
-    a = rng.normal(size=(n, 3, 3))
-    theta = a + np.swapaxes(a, 1, 2)
-    theta -= np.trace(theta, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3
-    v = rng.normal(size=(n, 3, 3))
-    alpha = 0.02 * (np.einsum("nab,ncb->nac", v, v) + np.eye(3))
-    return AtomicOutputs(
-        energy=m(np.zeros(n)),
-        q=m(0.5 * rng.normal(size=(n, channels))),
-        mu=m(0.2 * rng.normal(size=(n, 3))),
-        theta=m(0.1 * theta),
-        kappa=m(0.02 * rng.uniform(0.5, 1.5, size=n)),
-        alpha=m(alpha),
-    )
-
-
 def _per_graph_reference(frames, outputs, graph, method="ewald", accuracy=ACCURACY):
     """electrostatics.long_range on each frame alone (atoms contiguous per frame)."""
     start, refs = 0, []
@@ -124,7 +100,7 @@ def test_batch_equals_long_range_per_graph(x64, rng):
     data = prepare_long_range(graph, accuracy=ACCURACY, method="ewald")
     assert data.method == "ewald" and data.periodic.num_slots == 2
     assert data.free.num_slots == 1
-    outputs = _random_outputs(rng, graph)
+    outputs = random_latents(rng, graph)
     out = jax.jit(graph_long_range)(graph, graph.positions, graph.cell, outputs, data)
     refs = _per_graph_reference(frames, outputs, graph)
     start = 0
@@ -145,7 +121,7 @@ def test_batch_equals_long_range_per_graph(x64, rng):
 def test_pme_group_agrees_with_ewald(x64, rng):
     frames = [_water_frame(), *_small_frames(rng)]
     graph = frames_to_graph(frames, CUTOFF)
-    outputs = _random_outputs(rng, graph)
+    outputs = random_latents(rng, graph)
     data = prepare_long_range(graph, accuracy=ACCURACY, method="pme")
     assert data.method == "pme" and data.pme_spec is not None
     # one mesh for the group: the per-axis maximum over its graphs
@@ -217,7 +193,7 @@ def test_padding_invariance(x64, rng):
         atoms_per_graph=24,
         num_kvectors=data.periodic.kvectors.shape[1] + 100,
     )
-    outputs = _random_outputs(rng, graph)
+    outputs = random_latents(rng, graph)
 
     def pad(x):  # same latents on the real atoms, zeros on the extra padding
         return jnp.concatenate([x, jnp.zeros((13,) + x.shape[1:], x.dtype)])
@@ -358,7 +334,7 @@ def test_batch_carries_long_range_data_and_shapes_repeat(x64, small_setup, rng):
         assert isinstance(batch, Batch) and isinstance(batch.long_range, LongRangeData)
         results.append(energy_fn(params, batch.graph, long_range=batch.long_range))
         # without data the adapter refuses instead of dropping E_lr
-        out = _random_outputs(rng, batch.graph)
+        out = random_latents(rng, batch.graph)
         args = (batch.graph, batch.graph.positions, batch.graph.cell, out)
         with pytest.raises(ValueError, match="prepare_long_range"):
             graph_long_range(*args)
