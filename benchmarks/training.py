@@ -5,6 +5,7 @@ One command (from the repository root, venv active)::
     python benchmarks/training.py            # the whole water-gfn2 set (550 frames)
     python benchmarks/training.py --quick    # every 4th frame (138 frames)
     python benchmarks/training.py --rows sr:8,full:8,sr:1,full:1 --epochs 3
+    python benchmarks/training.py --shapes-only --epochs 10   # shape counts, no training
 
 Each row trains ``experiments/water_gfn2/full.yaml`` (float32, batch size 4, the
 experiment's width) for ``--epochs`` epochs through ``polmp.training.loop.train`` in a
@@ -113,6 +114,8 @@ def padding_fractions(config, train, epochs: int) -> dict:
     cutoff = config.cutoff_A
     max_shapes = config.data.max_shapes
     edges = pipeline.edge_counts_of(train, cutoff)
+    # as the loop: periodic and cluster frames are planned apart when E_lr is on
+    kinds = None if config.model.variant == "sr" else pipeline.frame_kinds(train)
     pool = pipeline.ShapePool()
     for epoch in range(epochs):
         steps = pipeline.make_step_plans(
@@ -124,6 +127,7 @@ def padding_fractions(config, train, epochs: int) -> dict:
             edge_counts=edges,
             rng=np.random.default_rng([t.seed, epoch]),
             max_shapes=max_shapes,
+            kinds=kinds,
         )
     buckets = plan_buckets(
         train,
@@ -132,6 +136,7 @@ def padding_fractions(config, train, epochs: int) -> dict:
         max_shapes,
         rng=np.random.default_rng([t.seed, epochs - 1]),
         edge_counts=edges,
+        kinds=kinds,
     )
     real_atoms = sum(f.num_atoms for f in train)
     real_edges = int(np.sum(edges))
@@ -139,7 +144,54 @@ def padding_fractions(config, train, epochs: int) -> dict:
         "pad_atoms": 1 - real_atoms / sum(s.shape[0] * len(s.chunks) for s in steps),
         "pad_edges": 1 - real_edges / sum(s.shape[1] * len(s.chunks) for s in steps),
         "bucket_pad_atoms": 1 - real_atoms / sum(b.num_atoms for b in buckets),
-        "bucket_shapes": len({(b.num_atoms, b.num_edges) for b in buckets}),
+        "bucket_shapes": len({(b.kind, b.num_atoms, b.num_edges) for b in buckets}),
+    }
+
+
+def count_shapes(variant: str, max_shapes: int, stride: int, epochs: int) -> dict:
+    """Compiled shapes of ``epochs`` epochs and of the validation pass, without
+    training: replays the loop's planning and builds every batch (long-range data
+    included) through ``BatchCache``, whose signatures are what the jitted steps
+    compile for.  Host only; minutes, not hours."""
+    import numpy as np
+
+    from polmp.training import pipeline, sharding
+    from polmp.training.loop import _long_range_prepare
+
+    config = run_config(variant, max_shapes, epochs, tempfile.gettempdir())
+    train, valid = split_data(config, stride)
+    t = config.training
+    cutoff = config.cutoff_A
+    prepare = _long_range_prepare(config, [*train, *valid])
+    mesh = sharding.make_mesh(1)
+
+    def signatures(frames, rngs):
+        kinds = None if prepare is None else pipeline.frame_kinds(frames)
+        edges = pipeline.edge_counts_of(frames, cutoff)
+        pool = pipeline.ShapePool()
+        cache = pipeline.BatchCache(frames, cutoff, np.float32, mesh, prepare)
+        for rng in rngs:
+            for step in pipeline.make_step_plans(
+                frames,
+                cutoff,
+                t.batch_size,
+                1,
+                pool,
+                edge_counts=edges,
+                rng=rng,
+                max_shapes=max_shapes,
+                kinds=kinds,
+            ):
+                cache.get(step)
+        return len(cache.signatures)
+
+    rngs = [np.random.default_rng([t.seed, epoch]) for epoch in range(epochs)]
+    return {
+        "train_frames": len(train),
+        "valid_frames": len(valid),
+        "train_shapes": signatures(train, rngs),
+        "eval_shapes": signatures(valid, [None]),
+        **padding_fractions(config, train, epochs),
     }
 
 
@@ -283,8 +335,30 @@ def main(argv=None):
         default=DEFAULT_ROWS,
         help=f"variant:max_shapes list (default {DEFAULT_ROWS}; add full:1)",
     )
+    parser.add_argument(
+        "--shapes-only",
+        action="store_true",
+        help="count compiled shapes and padding of --epochs epochs without training",
+    )
     parser.add_argument("--_one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.shapes_only:
+        stride = 4 if args.quick else 1
+        print(f"# shapes of {args.epochs} epochs, embedded:water-gfn2[::{stride}]")
+        print(
+            "| variant | max_shapes | train / valid frames | train shapes "
+            "| eval shapes | pad atoms | pad edges |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for variant, max_shapes in parse_rows(args.rows):
+            row = count_shapes(variant, max_shapes, stride, args.epochs)
+            print(
+                f"| {variant} | {max_shapes} | {row['train_frames']} / "
+                f"{row['valid_frames']} | {row['train_shapes']} | {row['eval_shapes']} "
+                f"| {100 * row['pad_atoms']:.0f} % | {100 * row['pad_edges']:.0f} % |",
+                flush=True,
+            )
+        return
     if args._one:
         variant, max_shapes, stride, epochs = args._one
         try:
