@@ -25,14 +25,15 @@ jax.config.update("jax_enable_x64", True)
 assert len(jax.devices()) == 2, jax.devices()
 from polmp.config.schema import RunConfig, TrainingConfig
 from polmp.training.loop import train
-from tests.training.morse import molecules, tiny_model
+from tests.training.morse import molecules, tiny_latent_model, tiny_model
 
 frames = molecules(9, seed=7)  # 9 frames, batch 4: the last step has an empty chunk
 valid = molecules(3, seed=8)
+model = tiny_latent_model() if sys.argv[2] == "latent" else tiny_model()
 out = {}
 for devices in (1, 2):
     config = RunConfig(
-        model=tiny_model(),
+        model=model,
         training=TrainingConfig(batch_size=4, num_epochs=2, learning_rate=1e-2,
                                 num_devices=devices, progress_bar=False,
                                 parity_plots=False),
@@ -49,15 +50,18 @@ print("RESULT" + json.dumps(out))
 """
 
 
-@pytest.mark.slow  # ~2 min on 2 shared cores (4 compiles in float64)
-def test_two_devices_match_one(tmp_path):
+@pytest.mark.slow  # ~2 min per model on 2 shared cores (4 compiles in float64)
+@pytest.mark.parametrize("model", ["sr", "latent"])
+def test_two_devices_match_one(tmp_path, model):
+    """Also with E_lr: pinned long-range capacities give every device sub-batch the
+    same long-range shapes (an empty chunk included)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     ).strip()
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        [sys.executable, "-c", SCRIPT, str(tmp_path), model],
         cwd=ROOT,
         env=env,
         capture_output=True,
