@@ -167,15 +167,16 @@ def make_recorder(
             )
 
         def charges_fn(r):
-            q, mu = total_latents(outputs_at(r))
-            return q[:n], mu[:n]
+            outputs = outputs_at(r)
+            q, mu = total_latents(outputs)
+            # alpha rides along as aux of the Pdot tangents' shared primal pass
+            return (q[:n], mu[:n]), outputs.alpha
 
         velocity = state.velocity * units.FS  # A per internal time unit -> A/fs
-        out["pdot"] = polarization_current(
-            charges_fn, positions, velocity, cell, eps_e=eps_e
+        out["pdot"], alpha = polarization_current(
+            charges_fn, positions, velocity, cell, eps_e=eps_e, has_aux=True
         )
         if has_alpha:
-            alpha = outputs_at(positions).alpha
             out["alpha_sys"] = system_polarizability(alpha[:n], eps_e)
         return out
 

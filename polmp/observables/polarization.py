@@ -164,6 +164,7 @@ def polarization_current(
     *,
     eps_e: float = 1.0,
     atom_mask=None,
+    has_aux: bool = False,
 ):
     """Polarization current Pdot_a = sum_i Z*_{i,ab} v_{i,b} (e*A/fs if v in A/fs).
 
@@ -184,19 +185,29 @@ def polarization_current(
         cell: None (direct form) or Float[Array, '3 3'] rows = lattice vectors, A.
         eps_e: electronic screening constant (Z* carries sqrt(eps_e)).
         atom_mask: optional Bool[Array, 'N'] for padded frames.
+        has_aux: ``charges_fn`` returns ``((charges, dipoles), aux)``; ``aux`` (e.g.
+            the polarizabilities of the same model evaluation) is returned from the
+            shared primal pass, so recording it costs no second forward pass.
 
     Returns:
-        Float[Array, '3'].
+        Float[Array, '3'], or ``(current, aux)`` with ``has_aux``.
     """
     if atom_mask is not None:
         velocities = jnp.where(atom_mask[:, None], velocities, 0.0)
+
+    def latents_and_aux(r):
+        out = charges_fn(r)
+        return out if has_aux else (out, None)
+
     if cell is None:
-        _, current = jax.jvp(
-            lambda r: polarization(charges_fn, r, atom_mask),
-            (positions,),
-            (velocities,),
-        )
-        return math.sqrt(eps_e) * current
+
+        def direct(r):
+            latents, aux = latents_and_aux(r)
+            return polarization(lambda _: latents, r, atom_mask), aux
+
+        _, current, aux = jax.jvp(direct, (positions,), (velocities,), has_aux=True)
+        current = math.sqrt(eps_e) * current
+        return (current, aux) if has_aux else current
     s = jnp.linalg.solve(cell.T, positions.T).T
     theta = 2.0 * math.pi * s  # (N, 3): [i, a]
     # tangents: v, then cos(theta_a) v and sin(theta_a) v for a = 0, 1, 2
@@ -208,18 +219,23 @@ def polarization_current(
         ]
     )  # (7, N, 3)
 
-    def along(tangent):
-        return jax.jvp(
-            lambda r: _phase_polarization(charges_fn, r, cell, atom_mask),
-            (positions,),
-            (tangent,),
-        )[1]
+    def phase(r):
+        latents, aux = latents_and_aux(r)
+        return _phase_polarization(lambda _: latents, r, cell, atom_mask), aux
 
-    d_real, d_imag, d_dip = jax.vmap(along)(tangents)  # each (7, 3)
+    def along(tangent):
+        _, d, aux = jax.jvp(phase, (positions,), (tangent,), has_aux=True)
+        return d, aux
+
+    # the primal (and aux) does not depend on the tangent: vmap keeps it unbatched
+    # and only broadcasts aux on the way out
+    (d_real, d_imag, d_dip), aux = jax.vmap(along)(tangents)  # each (7, 3)
     axis = jnp.arange(3)
     z_tilde_v = d_real[1 + axis, axis] + d_imag[4 + axis, axis]  # (3,): [a]
-    current = cell.T @ z_tilde_v + d_dip[0]
-    return math.sqrt(eps_e) * current
+    current = math.sqrt(eps_e) * (cell.T @ z_tilde_v + d_dip[0])
+    if not has_aux:
+        return current
+    return current, jax.tree.map(lambda x: x[0], aux)
 
 
 def acoustic_sum_rule_violation(bec, atom_mask=None):

@@ -156,7 +156,9 @@ def test_field_forces_are_minus_gradient_of_field_energy(x64, water_like):
     np.testing.assert_allclose(forces, expected, rtol=1e-12, atol=1e-14)
 
 
-def test_polarization_current_equals_born_charges_times_velocities(x64, water_like, rng):
+def test_polarization_current_equals_born_charges_times_velocities(
+    x64, water_like, rng
+):
     """Pdot from forward-mode tangents == sum_i Z*_i v_i, direct and phase forms."""
     r, q0 = water_like
     v = jnp.asarray(rng.normal(size=r.shape))
@@ -169,6 +171,17 @@ def test_polarization_current_equals_born_charges_times_velocities(x64, water_li
         np.testing.assert_allclose(current, expected, rtol=1e-12, atol=1e-13)
         # the charge-transfer part matters (not just sum_i q_i v_i)
         assert np.abs(expected - np.sqrt(1.78) * (q0 - q0.mean()) @ v).max() > 1e-3
+        # has_aux: the same current, and the aux of the primal pass at r
+
+        def with_aux(x, fn=fn):
+            q, mu = fn(x)
+            return (q, mu), {"sq": jnp.sum(x**2, axis=1) * q}
+
+        current_aux, aux = pol.polarization_current(
+            with_aux, r, v, c, eps_e=1.78, has_aux=True
+        )
+        np.testing.assert_allclose(current_aux, current, rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(aux["sq"], with_aux(r)[1]["sq"], rtol=1e-14)
     # padded atoms (with any velocity) do not contribute
     r_pad = jnp.concatenate([r, jnp.zeros((2, 3))])
     v_pad = jnp.concatenate([v, jnp.ones((2, 3))])
@@ -177,7 +190,9 @@ def test_polarization_current_equals_born_charges_times_velocities(x64, water_li
 
     def padded_fn(x):
         q, mu = fn(x[:6])
-        return jnp.concatenate([q, jnp.zeros(2)]), jnp.concatenate([mu, jnp.ones((2, 3))])
+        return jnp.concatenate([q, jnp.zeros(2)]), jnp.concatenate(
+            [mu, jnp.ones((2, 3))]
+        )
 
     np.testing.assert_allclose(
         pol.polarization_current(padded_fn, r_pad, v_pad, cell, atom_mask=mask),
