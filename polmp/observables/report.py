@@ -84,10 +84,6 @@ def write_spectra(
         FileNotFoundError: no observables.npz.
         ValueError: the run recorded no ``pdot`` (variant "sr" or observables off).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import yaml
 
     md_dir = pathlib.Path(md_dir)
@@ -141,26 +137,47 @@ def write_spectra(
         json.dump(peaks, handle, indent=2)
 
     title = f"{num_samples * dt / 1000:.1f} ps, {temperature:.0f} K"
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(axis, _on_axis(ir, axis), label="polmp (Pdot autocorrelation)")
+    ir_curves = [(_on_axis(ir, axis), {"label": "polmp (Pdot autocorrelation)"})]
     if experiment is not None:
-        ax.plot(axis, arrays["experiment_ir"], "k--", label="experiment n(w) alpha(w)")
-    ax.set(xlabel="wavenumber (cm$^{-1}$)", ylabel="IR intensity (area 1)")
-    ax.set_title(f"IR, {title}")
+        ir_curves.append(
+            (
+                arrays["experiment_ir"],
+                {"fmt": "k--", "label": "experiment n(w) alpha(w)"},
+            )
+        )
+    _plot_spectrum(
+        md_dir / "ir.png", axis, ir_curves, f"IR, {title}", "IR", max_wavenumber
+    )
+    if raman is not None:
+        raman_curves = [
+            (_on_axis(raman[0], axis), {"label": "isotropic"}),
+            (_on_axis(raman[1], axis), {"label": "anisotropic"}),
+        ]
+        _plot_spectrum(
+            md_dir / "raman.png",
+            axis,
+            raman_curves,
+            f"Raman, {title}",
+            "Raman",
+            max_wavenumber,
+        )
+    return peaks
+
+
+def _plot_spectrum(path, axis, curves, title, kind, max_wavenumber):
+    """One spectrum figure: ``curves`` = [(values on axis, {"label", "fmt"?}), ...]."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for values, style in curves:
+        ax.plot(axis, values, style.get("fmt", "-"), label=style["label"])
+    ax.set(xlabel="wavenumber (cm$^{-1}$)", ylabel=f"{kind} intensity (area 1)")
+    ax.set_title(title)
     ax.set_xlim(0, max_wavenumber)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(md_dir / "ir.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    if raman is not None:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(axis, _on_axis(raman[0], axis), label="isotropic")
-        ax.plot(axis, _on_axis(raman[1], axis), label="anisotropic")
-        ax.set(xlabel="wavenumber (cm$^{-1}$)", ylabel="Raman intensity (area 1)")
-        ax.set_title(f"Raman, {title}")
-        ax.set_xlim(0, max_wavenumber)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(md_dir / "raman.png", dpi=120)
-        plt.close(fig)
-    return peaks
