@@ -54,7 +54,9 @@ class DataConfig:
     Attributes:
         train_path: training file (extxyz, RuNNer input.data, anything ASE reads),
             or a shipped set ``embedded:<name>`` (``polmp.data.embedded.EMBEDDED_SETS``,
-            e.g. ``embedded:water-gfn2``); the same holds for the other paths.
+            e.g. ``embedded:water-gfn2``), a glob pattern (``data/train-*.xyz``, files
+            in sorted order) or a list of these (frames concatenated); the same holds
+            for the other paths.
         valid_path: validation file, or None (split off ``train_path``).
         test_path: test file, or None (split off ``train_path`` if
             ``test_fraction > 0``, else no test set).
@@ -70,11 +72,15 @@ class DataConfig:
         forces_key: per-atom key of the forces (None: the reader's defaults).
         stress_key: header key of the stress (None: the reader's defaults).
         max_shapes: the most distinct padded batch shapes (compiles) per data set.
+        pbc: ``"file"`` keeps each frame's periodicity as read; ``"none"`` treats every
+            frame as an isolated molecule/cluster (pbc False, stress dropped): for
+            molecules that a DFT code needed in a large vacuum box, whose images
+            should not interact (all-pairs long-range sum instead of Ewald/PME).
     """
 
-    train_path: str | None = None
-    valid_path: str | None = None
-    test_path: str | None = None
+    train_path: str | tuple[str, ...] | None = None
+    valid_path: str | tuple[str, ...] | None = None
+    test_path: str | tuple[str, ...] | None = None
     format: str | None = None
     index: str = ":"
     valid_fraction: float = 0.1
@@ -85,8 +91,11 @@ class DataConfig:
     forces_key: str | None = None
     stress_key: str | None = None
     max_shapes: int = 8
+    pbc: str = "file"
 
     def __post_init__(self):
+        if self.pbc not in ("file", "none"):
+            raise ValueError(f"data.pbc must be 'file' or 'none', got {self.pbc!r}")
         _check_fraction("valid_fraction", self.valid_fraction)
         _check_fraction("test_fraction", self.test_fraction)
         if self.valid_fraction + self.test_fraction >= 1.0:

@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import importlib.metadata
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -150,7 +152,7 @@ def load_datasets(data: DataConfig) -> tuple[list[Frame], list[Frame], list[Fram
         if value is not None
     }
 
-    def read(path):
+    def read_one(path):
         if path.startswith(EMBEDDED_PREFIX):
             frames = select_frames(
                 load_embedded(path.removeprefix(EMBEDDED_PREFIX)), data.index
@@ -159,6 +161,25 @@ def load_datasets(data: DataConfig) -> tuple[list[Frame], list[Frame], list[Fram
             frames = read_frames(path, data.index, data.format, **keys)
         if not frames:
             raise ValueError(f"{path}: no frames (index {data.index!r})")
+        if data.pbc == "none":
+            frames = [
+                dataclasses.replace(f, pbc=np.zeros(3, bool), stress=None)
+                for f in frames
+            ]
+        return frames
+
+    def read(paths):
+        # a path, a glob pattern or a list of them; files in sorted order per pattern
+        frames = []
+        for pattern in (paths,) if isinstance(paths, str) else paths:
+            if glob.has_magic(pattern) and not pattern.startswith(EMBEDDED_PREFIX):
+                matches = sorted(glob.glob(os.path.expanduser(pattern)))
+                if not matches:
+                    raise FileNotFoundError(f"no file matches {pattern!r}")
+            else:
+                matches = [pattern]
+            for path in matches:
+                frames += read_one(path)
         return frames
 
     frames = read(data.train_path)

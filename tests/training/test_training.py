@@ -335,6 +335,37 @@ def test_data_from_files(tmp_path):
     assert [f.energy for f in again[1]] == [f.energy for f in valid_set]
     other = load_datasets(dataclasses.replace(data, split_seed=1))
     assert [f.energy for f in other[1]] != [f.energy for f in valid_set]
+    # a glob and a list of paths concatenate files (sorted within a glob)
+    ase_io.write(tmp_path / "data2.xyz", atoms[:3], format="extxyz")
+    energies = [a.get_potential_energy() for a in atoms + atoms[:3]]
+    for paths in (
+        str(tmp_path / "data*.xyz"),
+        [str(path), str(tmp_path / "data2.xyz")],
+    ):
+        both = load_config(
+            RunConfig,
+            {
+                "model": {"species": [1, 8]},
+                "data": {"train_path": paths, "valid_fraction": 0.0},
+            },
+        ).data
+        frames = load_datasets(both)[0]
+        np.testing.assert_allclose([f.energy for f in frames], energies)
+    # pbc: "none" reads periodic frames as isolated molecules
+    boxed = [a.copy() for a in atoms[:2]]
+    for a in boxed:
+        a.set_cell(np.eye(3) * 30.0)
+        a.pbc = True
+        a.calc = SinglePointCalculator(a, energy=1.0, forces=np.zeros((len(a), 3)))
+    ase_io.write(tmp_path / "boxed.xyz", boxed, format="extxyz")
+    as_read = dataclasses.replace(both, train_path=str(tmp_path / "boxed.xyz"))
+    assert all(f.periodic for f in load_datasets(as_read)[0])
+    free = load_datasets(dataclasses.replace(as_read, pbc="none"))[0]
+    assert len(free) == 2 and not any(f.periodic for f in free)
+    with pytest.raises(ValueError, match="data.pbc"):
+        dataclasses.replace(as_read, pbc="vacuum")
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        load_datasets(dataclasses.replace(both, train_path=str(tmp_path / "none*.xyz")))
 
 
 @pytest.mark.slow  # its own compile (another learning rate)
