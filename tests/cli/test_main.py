@@ -95,6 +95,20 @@ def test_sweep_tabulates_every_grid_point(tmp_path):
     assert "training.seed=0" in out and "training.seed=1" in out
 
 
+def test_overrides_may_follow_options():
+    from polmp.cli.main import parse_arguments
+
+    args = parse_arguments(
+        ["sweep", "c.yaml", "a.b=1", "--grid", "model.variant=[sr, q]", "output_dir=x"]
+    )
+    assert args.overrides == ["a.b=1", "output_dir=x"]
+    assert args.grid == ["model.variant=[sr, q]"]
+    with pytest.raises(SystemExit):
+        parse_arguments(["sweep", "c.yaml", "--grid", "k=[1]", "--bogus"])
+    with pytest.raises(SystemExit):
+        parse_arguments(["spectra", "runs/md", "output_dir=x"])  # takes no overrides
+
+
 @pytest.mark.slow
 def test_demo_main_job_writes_spectra(tmp_path):
     """README's first command, shortened: shipped model -> MD -> spectra files."""
