@@ -51,6 +51,7 @@ from polmp.data.batching import (
 )
 from polmp.data.schema import Frame
 from polmp.geometry.graph import Graph
+from polmp.models.long_range import pin_periodic_solver, prepare_long_range
 from polmp.training import sharding
 
 
@@ -316,8 +317,6 @@ class PinnedLongRange:
     @classmethod
     def for_frames(cls, frames: Sequence[Frame], options: dict) -> PinnedLongRange:
         """Capacities for ``frames`` (all the data sets that share compiled steps)."""
-        from polmp.models.long_range import pin_periodic_solver
-
         kinds = frame_kinds(frames)
         atoms_per_graph = {}
         for kind in (0, 1):
@@ -335,8 +334,6 @@ class PinnedLongRange:
         return cls(dict(options), atoms_per_graph, solver)
 
     def __call__(self, graph: Graph, kind: int):
-        from polmp.models.long_range import prepare_long_range
-
         slots = int(graph.graph_mask.shape[0]) - 1
         if kind not in self.atoms_per_graph:
             raise ValueError(f"no frame of kind {kind} was seen when pinning")
