@@ -205,13 +205,18 @@ def run_sweep(args: argparse.Namespace) -> int:
     grid = dict(parse_override(text) for text in args.grid)
     points = expand_sweep(RunConfig, base, grid)
     _set_precision(points[0][1].precision)
-    from polmp.training.loop import train
+    import gc
+
+    from polmp.training.loop import clear_compiled, train
 
     rows = []
     for point, config in points:
         name = ",".join(f"{k}={v}" for k, v in point.items())
         run_dir = f"{config.output_dir}/{name.replace('/', '_')}"
         result = train(dataclasses.replace(config, output_dir=run_dir))
+        # free the point's compiled code before the next model compiles its own
+        clear_compiled()
+        gc.collect()
         split = (
             "test"
             if "test" in result.metrics

@@ -373,6 +373,20 @@ def _step_key(training):
     )
 
 
+def clear_compiled() -> None:
+    """Drop every compiled train/eval step (this module's caches and jax's).
+
+    A process that trains many models in a row (``polmp sweep``) otherwise keeps the
+    machine code of every one of them: on CPU each compiled shape holds memory
+    mappings, and a sweep of ~5 long-range models x 16 shapes exhausted the kernel's
+    per-process map limit (``vm.max_map_count``, "LLVM ERROR: Unable to allocate
+    section memory" or a segmentation fault while compiling the next model).
+    """
+    _compiled_steps.cache_clear()
+    _compiled_eval.cache_clear()
+    jax.clear_caches()
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled_steps(model_cfg: ModelConfig, training, total_steps: int, mesh):
     """Jitted (train_step, eval_step) for a model, training config and mesh.
