@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from polmp.geometry.graph import Graph
 from polmp.geometry.neighbors import neighbor_pairs
 from polmp.models.heads import AtomicOutputs
+from polmp.models.long_range import graph_long_range
 
 
 def make_graph(
@@ -91,3 +93,16 @@ def random_latents(rng, graph, channels=2):
         kappa=m(0.02 * rng.uniform(0.5, 1.5, size=n)),
         alpha=m(alpha),
     )
+
+
+def long_range_energy_forces(graph, latents, data):
+    """E_lr per graph and -dE_lr/dR at fixed latents (the adapter alone, no model)."""
+
+    def total(positions):
+        out = graph_long_range(graph, positions, graph.cell, latents, data)
+        return jnp.sum(out.energy), out.energy
+
+    (_, energy), grad = jax.jit(jax.value_and_grad(total, has_aux=True))(
+        graph.positions
+    )
+    return np.asarray(energy), -np.asarray(grad)

@@ -22,7 +22,7 @@ from polmp.models.long_range import (
 )
 from polmp.models.potential import make_energy_fn
 from tests.models.equivariance import assert_equivariant
-from tests.models.graphs import cluster, random_latents
+from tests.models.graphs import cluster, long_range_energy_forces, random_latents
 from tests.utils import shared_path
 
 CUTOFF = 3.0
@@ -164,19 +164,6 @@ def small_setup():
         jax.config.update("jax_enable_x64", previous)
 
 
-def _lr_energy_forces(graph, outputs, data):
-    """E_lr per graph and -dE_lr/dR at fixed latents (the adapter alone, no model)."""
-
-    def total(positions):
-        out = graph_long_range(graph, positions, graph.cell, outputs, data)
-        return jnp.sum(out.energy), out.energy
-
-    (_, energy), grad = jax.jit(jax.value_and_grad(total, has_aux=True))(
-        graph.positions
-    )
-    return np.asarray(energy), -np.asarray(grad)
-
-
 @pytest.mark.usefixtures("debug_nans")
 def test_padding_invariance(x64, rng):
     """Extra padding atoms, graphs, slots, block entries, k-vectors change nothing."""
@@ -199,8 +186,8 @@ def test_padding_invariance(x64, rng):
         return jnp.concatenate([x, jnp.zeros((13,) + x.shape[1:], x.dtype)])
 
     heavy_outputs = jax.tree_util.tree_map(pad, outputs)
-    e0, f0 = _lr_energy_forces(graph, outputs, data)
-    e1, f1 = _lr_energy_forces(heavy, heavy_outputs, heavy_data)
+    e0, f0 = long_range_energy_forces(graph, outputs, data)
+    e1, f1 = long_range_energy_forces(heavy, heavy_outputs, heavy_data)
     assert np.all(np.abs(e0[:2]) > 1e-3) and np.abs(f0[:n]).max() > 1e-3
     np.testing.assert_allclose(e1[:2], e0[:2], rtol=1e-11)
     np.testing.assert_allclose(f1[:n], f0[:n], rtol=1e-9, atol=1e-11)

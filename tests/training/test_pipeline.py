@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from polmp.data.batching import frames_to_graph
 from polmp.data.schema import Frame
 from polmp.data.water import water_box
-from polmp.models.long_range import graph_long_range, prepare_long_range
+from polmp.models.long_range import prepare_long_range
 from polmp.training import pipeline, sharding
-from tests.models.graphs import cluster, random_latents
+from tests.models.graphs import cluster, long_range_energy_forces, random_latents
 
 CUTOFF = 3.5
 OPTIONS = dict(sigma=1.0, accuracy=1e-6, method="auto", les_compat=False)
@@ -107,19 +105,6 @@ def test_pinned_long_range_adds_no_compiled_shapes(x64):
     assert len(unpinned.signatures) > len(cache.signatures)
 
 
-def _lr_energy_forces(graph, latents, data):
-    """E_lr per graph and -dE_lr/dR at fixed latents (the long-range adapter alone)."""
-
-    def total(positions):
-        out = graph_long_range(graph, positions, graph.cell, latents, data)
-        return jnp.sum(out.energy), out.energy
-
-    (_, energy), grad = jax.jit(jax.value_and_grad(total, has_aux=True))(
-        graph.positions
-    )
-    return np.asarray(energy), -np.asarray(grad)
-
-
 @pytest.mark.parametrize(
     "method, kind", [("ewald", 1), ("pme", 1), ("ewald", 0)], ids=str
 )
@@ -136,8 +121,10 @@ def test_pinned_capacities_do_not_change_energy(x64, method, kind):
     fixed = pinned(graph, kind)
     slots = fixed.periodic if kind == 1 else fixed.free
     assert slots.num_slots == 3  # G - 1: more slots than the two graphs
-    e0, f0 = _lr_energy_forces(graph, latents, prepare_long_range(graph, **options))
-    e1, f1 = _lr_energy_forces(graph, latents, fixed)
+    e0, f0 = long_range_energy_forces(
+        graph, latents, prepare_long_range(graph, **options)
+    )
+    e1, f1 = long_range_energy_forces(graph, latents, fixed)
     assert np.abs(e0[:2]).min() > 1e-3 and np.abs(f0).max() > 1e-3
     if method == "pme" and kind == 1:
         np.testing.assert_allclose(e1, e0, rtol=1e-5, atol=1e-9)
