@@ -49,23 +49,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
+from machine import machine  # the script directory is on sys.path
 
 from polmp.config.loader import load_config
 from polmp.config.schema import MDConfig, RunConfig
 from polmp.data.batching import frames_to_graph
 from polmp.data.water import water_box
-from polmp.geometry.neighbors import neighbor_list
 from polmp.md import simulate
-from polmp.md.jaxmd import MDSystem, bind, prepare_md_long_range
 from polmp.md.simulate import run_md
 from polmp.training.trained import TrainedModel, energy_fns_of
 
@@ -87,12 +84,9 @@ def make_model(variant: str) -> TrainedModel:
 
 def long_range_of(trained: TrainedModel, frame, skin: float) -> str:
     """E_lr solver that ``run_md`` prepares for ``frame`` (same options, same list)."""
-    system = MDSystem(frame.numbers, frame.cell, 0.0)
-    positions = jax.numpy.asarray(frame.positions, jax.numpy.float32)
-    nbrs = neighbor_list(trained.model_config.cutoff_A, frame.cell, skin=skin).allocate(
-        positions
-    )
-    data = prepare_md_long_range(system, positions, nbrs, trained.long_range_options)
+    data = simulate.bind_model(
+        trained, frame, skin_A=skin, dtype=jax.numpy.float32
+    ).long_range_data
     if data.method == "pme":
         mesh = "x".join(map(str, data.pme_spec.mesh_shape))
         return f"pme order {data.pme_spec.order} mesh {mesh}"
@@ -101,20 +95,8 @@ def long_range_of(trained: TrainedModel, frame, skin: float) -> str:
 
 def force_call_ms(trained: TrainedModel, frame, repeats: int, skin: float) -> float:
     """Median ms of one jitted energy + forces call of the bound model (after compile)."""
-    system = MDSystem(frame.numbers, frame.cell, 0.0)
-    positions = jax.numpy.asarray(frame.positions, jax.numpy.float32)
-    nbrs = neighbor_list(trained.model_config.cutoff_A, frame.cell, skin=skin).allocate(
-        positions
-    )
-    data = prepare_md_long_range(system, positions, nbrs, trained.long_range_options)
-    energy_fn = bind(
-        trained.energy_fns,
-        trained.params,
-        system,
-        positions,
-        nbrs,
-        long_range_data=data,
-    )
+    bound = simulate.bind_model(trained, frame, skin_A=skin, dtype=jax.numpy.float32)
+    positions, nbrs, energy_fn = bound.positions, bound.neighbors, bound.energy_fn
     call = jax.jit(jax.value_and_grad(energy_fn))
     jax.block_until_ready(call(positions, nbrs))  # compile + warm-up
     walls, cpus = [], []
@@ -176,26 +158,6 @@ def md_timing(trained, size, observables, record_every, args, workdir):
     out["reallocations"] = run.num_reallocations
     out["has_pdot"] = "pdot" in run.records
     return out
-
-
-def machine() -> str:
-    try:
-        text = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=False
-        ).stdout
-        model = next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in text.splitlines()
-                if "Model name" in ln
-            ),
-            platform.processor(),
-        )
-    except OSError:
-        model = platform.processor()
-    return (
-        f"{os.cpu_count()} cores ({model}), jax {jax.__version__}, {jax.devices()[0]}"
-    )
 
 
 def main(argv=None):

@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from machine import machine  # the script directory is on sys.path
 
 from polmp.data.batching import frames_to_graph
 from polmp.data.schema import Frame
@@ -124,26 +123,6 @@ def bench_one(graph, data, variant, width, repeats, key):
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
     return compile_s, statistics.median(times)
-
-
-def machine() -> str:
-    try:
-        model = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=False
-        ).stdout
-        model = next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in model.splitlines()
-                if "Model name" in ln
-            ),
-            platform.processor(),
-        )
-    except OSError:
-        model = platform.processor()
-    return (
-        f"{os.cpu_count()} cores ({model}), jax {jax.__version__}, {jax.devices()[0]}"
-    )
 
 
 def main(argv=None):

@@ -48,9 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import resource
 import statistics
 import subprocess
@@ -60,6 +58,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from machine import machine  # noqa: E402  (the script directory is on sys.path)
+
 EXPERIMENT = REPO / "experiments" / "water_gfn2" / "full.yaml"
 #: default rows "variant:max_shapes"; "full:1" (the slowest to compile) is opt-in
 DEFAULT_ROWS = "sr:8,full:8,sr:1"
@@ -250,28 +250,6 @@ def parse_rows(text: str) -> list[tuple[str, int]]:
         variant, _, max_shapes = item.strip().partition(":")
         rows.append((variant, int(max_shapes or 8)))
     return rows
-
-
-def machine() -> str:
-    """One line: cores, CPU model, jax version and device."""
-    import jax
-
-    model = platform.processor()
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in lscpu.splitlines()
-                if "Model name" in ln
-            ),
-            model,
-        )
-    except OSError:
-        pass
-    return (
-        f"{os.cpu_count()} cores ({model}), jax {jax.__version__}, {jax.devices()[0]}"
-    )
 
 
 def format_rows(results: dict) -> list[str]:

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import pathlib
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -183,6 +184,47 @@ def make_recorder(
     return record
 
 
+class BoundModel(NamedTuple):
+    """A trained model bound to one structure for jax-md (``bind_model``)."""
+
+    system: MDSystem
+    positions: jax.Array
+    neighbor_fns: Any
+    neighbors: Any
+    long_range_data: Any
+    energy_fn: Any
+
+
+def bind_model(trained: TrainedModel, frame: Frame, *, skin_A: float, dtype):
+    """Device neighbour list, long-range data and the bound jax-md energy function
+    ``energy_fn(positions, neighbor) -> eV`` of ``trained`` on ``frame``.  Host setup.
+
+    Raises:
+        ValueError: species the model does not know, a cell too small for the device
+            neighbour list.
+    """
+    unknown = set(np.unique(frame.numbers).tolist()) - set(trained.model_config.species)
+    if unknown:
+        raise ValueError(
+            f"structure has species {sorted(unknown)} that the model "
+            f"{trained.model_config.species} does not know"
+        )
+    system = MDSystem(frame.numbers, frame.cell, float(frame.total_charge or 0.0))
+    positions = jnp.asarray(frame.positions, dtype)
+    neighbor_fns = neighbor_list(trained.model_config.cutoff_A, frame.cell, skin=skin_A)
+    nbrs = neighbor_fns.allocate(positions)
+    data = prepare_md_long_range(system, positions, nbrs, trained.long_range_options)
+    energy_fn = bind(
+        trained.energy_fns,
+        trained.params,
+        system,
+        positions,
+        nbrs,
+        long_range_data=data,
+    )
+    return BoundModel(system, positions, neighbor_fns, nbrs, data, energy_fn)
+
+
 def _integrator(config: MDConfig, energy_fn):
     from jax_md import simulate
 
@@ -253,27 +295,8 @@ def run_md(
     dtype = jnp.float64 if config.precision == "float64" else jnp.float32
     trained = (trained or load_trained(config.model)).cast(dtype)
     frame = frame or load_structure(config.structure, config.frame_index)
-    unknown = set(np.unique(frame.numbers).tolist()) - set(trained.model_config.species)
-    if unknown:
-        raise ValueError(
-            f"structure has species {sorted(unknown)} that the model "
-            f"{trained.model_config.species} does not know"
-        )
-    system = MDSystem(frame.numbers, frame.cell, float(frame.total_charge or 0.0))
-    positions = jnp.asarray(frame.positions, dtype)
-    neighbor_fns = neighbor_list(
-        trained.model_config.cutoff_A, frame.cell, skin=config.skin_A
-    )
-    nbrs = neighbor_fns.allocate(positions)
-    data = prepare_md_long_range(system, positions, nbrs, trained.long_range_options)
-    energy_fn = bind(
-        trained.energy_fns,
-        trained.params,
-        system,
-        positions,
-        nbrs,
-        long_range_data=data,
-    )
+    bound = bind_model(trained, frame, skin_A=config.skin_A, dtype=dtype)
+    system, positions, neighbor_fns, nbrs, data, energy_fn = bound
     init, step, invariant = _integrator(config, energy_fn)
     record = make_recorder(
         trained,
