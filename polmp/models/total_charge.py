@@ -32,6 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+
 def shift_to_total_charge(
     q: jax.Array,
     weights: jax.Array,

@@ -82,7 +82,9 @@ def test_shift_is_the_weighted_least_change(x64, rng):
     ratio = (shifted - q)[:8] / w[:8, None]
     for g in range(3):
         rows = ratio[np.asarray(atom_graph)[:8] == g]
-        np.testing.assert_allclose(rows, np.broadcast_to(rows[0], rows.shape), atol=1e-14)
+        np.testing.assert_allclose(
+            rows, np.broadcast_to(rows[0], rows.shape), atol=1e-14
+        )
     # Already satisfied -> unchanged (a projection).
     again = shift_to_total_charge(
         jnp.asarray(shifted), jnp.asarray(w), atom_graph, atom_mask, total_charge
@@ -99,6 +101,14 @@ def test_shift_is_the_weighted_least_change(x64, rng):
 
 # ----------------------------------------------------------------- the model
 
+#: one padded shape for every model evaluation below (one compilation per model)
+CAPACITY = dict(num_atoms=16, num_edges=48, num_graphs=4)
+LONG_RANGE = dict(
+    sigma=1.0, accuracy=1e-10, num_periodic=0, num_free=3, atoms_per_graph=8
+)
+#: the model set-ups: shift -> (variant, charge channels)
+SETUPS = {"none": ("q", 1), "uniform": ("q+mu", 1), "softness": ("q+mu", 2)}
+
 
 def frames(rng, charges=(1.0, 0.0, -1.0)):
     """Water-like clusters (3, 4, 3 atoms) with the given total charges."""
@@ -114,110 +124,118 @@ def frames(rng, charges=(1.0, 0.0, -1.0)):
     return out
 
 
-def build(shift, variant="q", channels=1, seed=0):
-    cfg = config(shift, variant, channels)
-    fns = make_energy_fn(cfg, long_range_fn=graph_long_range)
-    graph = frames_to_graph(frames(np.random.default_rng(seed)), CUTOFF)
-    params = jax.jit(fns.model.init)(jax.random.PRNGKey(1), graph)
-    return fns, params
+def padded(batch_frames):
+    """(graph, long-range data) of frames at the one pinned shape."""
+    graph = frames_to_graph(batch_frames, CUTOFF, **CAPACITY)
+    return graph, prepare_long_range(graph, **LONG_RANGE)
 
 
-def energy(fns, params, batch_frames, **capacity):
-    graph = frames_to_graph(batch_frames, CUTOFF, **capacity)
-    data = prepare_long_range(graph, sigma=1.0, accuracy=1e-8)
-    return graph, data, np.asarray(fns.energy_fn(params, graph, long_range=data))
+@pytest.fixture(scope="module")
+def models():
+    """shift -> (jitted EnergyFns, params), float64, built once for the module."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        graph, _ = padded(frames(np.random.default_rng(0)))
+        built = {}
+        for shift, (variant, channels) in SETUPS.items():
+            fns = make_energy_fn(
+                config(shift, variant, channels), long_range_fn=graph_long_range
+            )
+            params = jax.jit(fns.model.init)(jax.random.PRNGKey(1), graph)
+            fns = fns._replace(
+                energy_fn=jax.jit(fns.energy_fn),
+                outputs_fn=jax.jit(fns.outputs_fn),
+                energy_forces_stress_fn=jax.jit(fns.energy_forces_stress_fn),
+            )
+            built[shift] = (fns, params)
+        yield built
+    finally:
+        jax.config.update("jax_enable_x64", previous)
 
 
-@pytest.mark.parametrize(
-    "shift,variant,channels",
-    [("uniform", "q", 1), ("softness", "q", 2), ("softness", "q+mu+dq", 1)],
-)
-def test_model_charges_sum_to_total_charge_in_padded_batches(
-    x64, shift, variant, channels
-):
-    fns, params = build(shift, variant, channels)
-    fr = frames(np.random.default_rng(5))
-    graph = frames_to_graph(fr, CUTOFF, num_atoms=16, num_graphs=6)
-    out = fns.outputs_fn(params, graph, long_range=prepare_long_range(graph))
-    sums = np.asarray(graph_charges(out.q, graph.atom_graph, graph.atom_mask, 6))
-    expected = np.zeros((6, channels))
+def outputs(models, shift, batch_frames):
+    fns, params = models[shift]
+    graph, data = padded(batch_frames)
+    return graph, fns.outputs_fn(params, graph, long_range=data)
+
+
+@pytest.mark.parametrize("shift", ["uniform", "softness"])
+def test_model_charges_sum_to_total_charge_in_padded_batches(x64, models, shift):
+    channels = SETUPS[shift][1]
+    graph, out = outputs(models, shift, frames(np.random.default_rng(5)))
+    sums = np.asarray(graph_charges(out.q, graph.atom_graph, graph.atom_mask, 4))
+    expected = np.zeros((4, channels))
     expected[:3, 0] = [1.0, 0.0, -1.0]
     np.testing.assert_allclose(sums, expected, atol=1e-12)
     assert np.all(np.asarray(out.q)[~np.asarray(graph.atom_mask)] == 0)
 
 
-def test_free_charges_do_not_sum_to_total_charge(x64):
+def test_free_charges_do_not_sum_to_total_charge(x64, models):
     """The default (paper) leaves q free: the constraint test above can fail."""
-    fns, params = build("none")
-    graph = frames_to_graph(frames(np.random.default_rng(5)), CUTOFF)
-    out = fns.outputs_fn(params, graph, long_range=prepare_long_range(graph))
+    graph, out = outputs(models, "none", frames(np.random.default_rng(5)))
     sums = np.asarray(graph_charges(out.q, graph.atom_graph, graph.atom_mask, 4))
     assert np.abs(sums[:3, 0] - [1.0, 0.0, -1.0]).max() > 1e-2
 
 
-@pytest.mark.parametrize("shift", ["uniform", "softness"])
-def test_forces_are_the_exact_gradient(x64, shift):
-    fns, params = build(shift, "q+mu")
-    graph = frames_to_graph(frames(np.random.default_rng(7)), CUTOFF)
-    data = prepare_long_range(graph, sigma=1.0, accuracy=1e-10)
-    efs = jax.jit(fns.energy_forces_stress_fn)
-    energy_fn = jax.jit(fns.energy_fn)
-    _, forces, _ = efs(params, graph, long_range=data)
+def test_forces_are_the_exact_gradient(x64, models):
+    """Softness weights: the shift depends on positions through q and s (uniform is
+    the special case s = 1)."""
+    fns, params = models["softness"]
+    graph, data = padded(frames(np.random.default_rng(7)))
+    _, forces, _ = fns.energy_forces_stress_fn(params, graph, long_range=data)
     h = 1e-5
     for atom, axis in [(0, 0), (1, 2), (4, 1), (8, 0)]:
         step = jnp.zeros_like(graph.positions).at[atom, axis].set(h)
-        ep = jnp.sum(energy_fn(params, graph, graph.positions + step, long_range=data))
-        em = jnp.sum(energy_fn(params, graph, graph.positions - step, long_range=data))
+        ep = jnp.sum(
+            fns.energy_fn(params, graph, graph.positions + step, long_range=data)
+        )
+        em = jnp.sum(
+            fns.energy_fn(params, graph, graph.positions - step, long_range=data)
+        )
         fd = -(ep - em) / (2 * h)
         assert float(forces[atom, axis]) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.parametrize("shift", ["uniform", "softness"])
-def test_energies_do_not_depend_on_batching(x64, shift):
-    fns, params = build(shift)
+def test_energies_do_not_depend_on_batching(x64, models, shift):
+    fns, params = models[shift]
+
+    def energies(batch_frames):
+        graph, data = padded(batch_frames)
+        return np.asarray(fns.energy_fn(params, graph, long_range=data))
+
     fr = frames(np.random.default_rng(9))
-    _, _, together = energy(fns, params, fr, num_atoms=20, num_graphs=5)
-    _, _, swapped = energy(fns, params, fr[::-1])
+    together, swapped = energies(fr), energies(fr[::-1])
     for i, frame in enumerate(fr):
-        _, _, alone = energy(fns, params, [frame], num_atoms=7)
+        alone = energies([frame])
         np.testing.assert_allclose(together[i], alone[0], rtol=1e-12)
         np.testing.assert_allclose(swapped[len(fr) - 1 - i], alone[0], rtol=1e-12)
 
 
-def long_range_energy(fns, params, frame):
-    graph = frames_to_graph([frame], CUTOFF)
-    data = prepare_long_range(graph, sigma=1.0, accuracy=1e-8)
-    return float(fns.outputs_fn(params, graph, long_range=data).long_range_energy[0])
-
-
-def test_cation_and_neutral_molecule_get_different_long_range_energies(x64):
+def test_cation_and_neutral_molecule_get_different_long_range_energies(x64, models):
     """Same structure, Q = +1 vs 0: the shift separates them, free charges cannot."""
     neutral = frames(np.random.default_rng(11))[1]
     cation = dataclasses.replace(neutral, total_charge=1.0)
-    fns, params = build("none")
-    assert long_range_energy(fns, params, cation) == long_range_energy(
-        fns, params, neutral
-    )
-    for shift in ("uniform", "softness"):
-        fns, params = build(shift)
-        e_cation = long_range_energy(fns, params, cation)
-        e_neutral = long_range_energy(fns, params, neutral)
-        # A net charge of +1 spread over 4 atoms within ~2 A costs ~ k_e Q^2 / (2 R)
-        # ~ eV; the neutral molecule's latent energy is far smaller.
-        assert abs(e_cation - e_neutral) > 0.3
+    for shift in ("none", "uniform", "softness"):
+        _, out = outputs(models, shift, [cation, neutral])
+        e_cation, e_neutral = np.asarray(out.long_range_energy[:2])
+        if shift == "none":
+            assert e_cation == e_neutral
+        else:
+            # +1 e spread over 4 atoms within ~2 A costs ~ k_e Q^2 / (2 R) ~ eV.
+            assert abs(e_cation - e_neutral) > 0.3
 
 
-def test_two_distant_ions_interact_as_point_charges(x64):
+def test_two_distant_ions_interact_as_point_charges(x64, models):
     """With C = 2 channels, shifted latents of Q = +1 and -1 ions interact as -k_e / d.
 
     Channel 0 carries Q and channel 1 is neutral, so the channel-summed Coulomb
     interaction of the two latent distributions tends to k_e Q_A Q_B / d.
     """
-    fns, params = build("uniform", channels=2)
     fr = frames(np.random.default_rng(13))
     a, b = fr[0], fr[2]
-    graph = frames_to_graph([a, b], CUTOFF)
-    out = fns.outputs_fn(params, graph, long_range=prepare_long_range(graph))
+    _, out = outputs(models, "softness", [a, b])
     qa = np.asarray(out.q)[: a.num_atoms]
     qb = np.asarray(out.q)[a.num_atoms : a.num_atoms + b.num_atoms]
     assert np.abs(qa[:, 1]).max() > 1e-3  # the neutral channel is not trivially 0
@@ -229,7 +247,7 @@ def test_two_distant_ions_interact_as_point_charges(x64):
         assert interaction == pytest.approx(-k_e / d, rel=0.02)
 
 
-def test_config_validation_and_missing_graph_data():
+def test_config_validation():
     with pytest.raises(ValueError, match="total_charge_shift"):
         config("neutral")
     with pytest.raises(ValueError, match="has none"):
@@ -237,8 +255,6 @@ def test_config_validation_and_missing_graph_data():
     assert config("none").total_charge_shift == "none"
 
 
-def test_softness_head_has_parameters_only_when_used(x64):
-    _, params = build("softness")
-    _, free = build("none")
-    assert "softness" in params["params"]["heads"]
-    assert "softness" not in free["params"]["heads"]
+def test_softness_head_has_parameters_only_when_used(models):
+    assert "softness" in models["softness"][1]["params"]["heads"]
+    assert "softness" not in models["uniform"][1]["params"]["heads"]
