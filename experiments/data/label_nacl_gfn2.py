@@ -26,6 +26,10 @@ depends on the origin).  Every frame records method, tblite version, all setting
 its kind, seed and distortion in its header; the adatom frames also
 ``extra_na_index``, ``extra_na_site`` and ``extra_na_distance_A``.
 
+Frames whose SCF does not converge (a few adatom frames with the extra Na far away,
+where Na+ and a neutral Na are nearly degenerate) are skipped and listed in
+``WORK/failed.txt``; the settings are never changed per frame.
+
 Usage (one core, low priority; a restart skips the frames already in the partial file)::
 
     OMP_NUM_THREADS=1 nice -n 10 python experiments/data/label_nacl_gfn2.py \\
@@ -327,7 +331,13 @@ def run(args) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     partial = work / "nacl.partial.extxyz"
+    failed = work / "failed.txt"
     done = _done(partial)
+    if failed.exists():
+        done |= {
+            (line.split()[0], int(line.split()[1]))
+            for line in failed.read_text().splitlines()
+        }
     todo = [t for t in plan(args.per_kind) if t not in done]
     print(f"{len(done)} done, {len(todo)} to do", flush=True)
     t0 = time.time()
@@ -335,7 +345,13 @@ def run(args) -> None:
     print(f"relaxed base geometries in {time.time() - t0:.0f} s", flush=True)
     for count, (kind, k) in enumerate(todo, 1):
         t1 = time.process_time()
-        frame = label(builder, kind, k, args.seed)
+        try:
+            frame = label(builder, kind, k, args.seed)
+        except Exception as err:  # SCF failures: recorded, skipped, not retried
+            with open(failed, "a") as handle:
+                handle.write(f"{kind} {k} {type(err).__name__}: {err}\n")
+            print(f"FAILED {kind} {k}: {err}", flush=True)
+            continue
         with open(partial, "a") as handle:
             handle.write(_frame_text(frame))
         print(
