@@ -94,12 +94,13 @@ def rmse(x) -> float:
 
 def collect(root: pathlib.Path, dataset: str) -> dict:
     from polmp.config.loader import load_config
+    from polmp.config.schema import RunConfig
     from polmp.training.loop import load_datasets
 
     runs = sorted(p.parent for p in root.glob("*/metrics.json"))
     if not runs:
         raise SystemExit(f"no finished runs (*/metrics.json) under {root}")
-    config = load_config(runs[0] / "config.yaml")
+    config = load_config(RunConfig, runs[0] / "config.yaml")
     train, _, test = load_datasets(config.data)
     species = config.model.species
     n_atoms = np.array([f.num_atoms for f in test])
