@@ -77,11 +77,9 @@ def synthetic_dimers(distances, seed=0):
     for d in distances:
         rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
         pos = np.vstack([cation, anion @ rot.T + [d, 0, 0]])
-        out = long_range(pos, charges, sigma=1.0)
         energy, grad = jax.value_and_grad(
             lambda r: long_range(r, charges, sigma=1.0).energy
         )(pos)
-        del out
         frames.append(
             Frame(
                 positions=pos,
