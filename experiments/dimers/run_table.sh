@@ -12,22 +12,9 @@
 # "training.num_devices=1").
 set -euo pipefail
 OUT=${OUT:-runs/charged}
-POLMP=${POLMP:-python -m polmp.cli.main}
-EXTRA=${EXTRA:-}
 CONFIG=experiments/dimers/charged.yaml
 DIR="$OUT/dimers"
-
-run() {  # run NAME overrides...
-  local name=$1; shift
-  local dir="$DIR/$name"
-  if [[ -f "$dir/metrics.json" ]]; then echo "done: $dir"; return; fi
-  local resume=()
-  if [[ -d "$dir/checkpoints" ]] && [[ -n "$(ls -A "$dir/checkpoints" 2>/dev/null)" ]]; then
-    resume=(--resume)
-  fi
-  # shellcheck disable=SC2086
-  $POLMP train "$CONFIG" "${resume[@]}" output_dir="$dir" "$@" $EXTRA
-}
+source experiments/dimers/run_lib.sh
 
 for seed in 0 1 2; do
 run sr_s$seed                     model.variant=sr           model.total_charge_shift=none    training.seed=$seed
