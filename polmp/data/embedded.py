@@ -13,6 +13,10 @@ released under polmp's MIT licence.  Counts, settings and the command that regen
 the files are in ``polmp/data/embedded/README.md``; the labelling script is
 ``experiments/data/label_water_gfn2.py``.  Every frame's ``info`` records the method,
 the tblite version and the settings.
+
+``load_nacl_gfn2()`` returns Na8Cl8 (Q = 0) and Na9Cl8+ (Q = +1) clusters labelled with
+GFN2-xTB (``embedded:nacl-gfn2``; structures built by
+``experiments/data/label_nacl_gfn2.py``, labels and structures MIT).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ __all__ = [
     "EMBEDDED_PREFIX",
     "EMBEDDED_SETS",
     "WATER_GFN2_FILES",
+    "NACL_GFN2_FILE",
     "load_embedded",
+    "load_nacl_gfn2",
     "load_water_gfn2",
     "water_gfn2_path",
 ]
@@ -42,7 +48,10 @@ EMBEDDED_SETS = {
     "water-gfn2": ("bulk", "clusters"),
     "water-gfn2-bulk": ("bulk",),
     "water-gfn2-clusters": ("clusters",),
+    "nacl-gfn2": ("nacl",),
 }
+#: File of the NaCl cluster set (kind "nacl" of ``EMBEDDED_SETS``).
+NACL_GFN2_FILE = "nacl_gfn2.extxyz.xz"
 
 #: File name of each kind, inside the ``polmp/data/embedded`` folder.
 WATER_GFN2_FILES = {
@@ -81,18 +90,39 @@ def load_water_gfn2(kind: str = "bulk") -> list[Frame]:
         ValueError: unknown ``kind``.
         FileNotFoundError: the data file is missing from the installation.
     """
-    resource = water_gfn2_path(kind)
+    return _read_shipped(water_gfn2_path(kind), _REQUIRE[kind])
+
+
+def _read_shipped(resource, require) -> list[Frame]:
+    """Frames of a shipped ``.extxyz.xz`` resource with the ``require``d labels."""
     if not resource.is_file():
-        raise FileNotFoundError(f"{WATER_GFN2_FILES[kind]} is not installed with polmp")
+        raise FileNotFoundError(f"{resource.name} is not installed with polmp")
     # ASE's extxyz reader seeks back in its input once per frame, which costs a full
     # re-decompression each time on an .xz stream: decompress once into a temp file.
     with resource.open("rb") as raw, lzma.open(raw) as xz:
         text = xz.read()
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, WATER_GFN2_FILES[kind].removesuffix(".xz"))
+        path = os.path.join(tmp, resource.name.removesuffix(".xz"))
         with open(path, "wb") as handle:
             handle.write(text)
-        return read_frames(path, format="extxyz", require=_REQUIRE[kind])
+        return read_frames(path, format="extxyz", require=require)
+
+
+def load_nacl_gfn2() -> list[Frame]:
+    """Load the shipped GFN2-xTB NaCl cluster set (not jittable).
+
+    Returns:
+        list of non-periodic ``Frame`` with energy (eV), forces (eV/A), total_charge
+        (0 for Na8Cl8, +1 for Na9Cl8+) and, for the neutral frames, the dipole (e*A).
+        ``info["kind"]`` is "cuboid", "block", "block_minus" or "adatom"; adatom frames
+        carry ``extra_na_index``, ``extra_na_site`` and ``extra_na_distance_A``
+        (polmp/data/embedded/README.md).
+
+    Raises:
+        FileNotFoundError: the data file is missing from the installation.
+    """
+    resource = resources.files("polmp.data").joinpath("embedded", NACL_GFN2_FILE)
+    return _read_shipped(resource, ("energy", "forces"))
 
 
 def load_embedded(name: str) -> list[Frame]:
@@ -107,4 +137,6 @@ def load_embedded(name: str) -> list[Frame]:
         raise ValueError(
             f"unknown embedded data set {name!r}; expected one of {sorted(EMBEDDED_SETS)}"
         )
+    if EMBEDDED_SETS[name] == ("nacl",):
+        return load_nacl_gfn2()
     return [frame for kind in EMBEDDED_SETS[name] for frame in load_water_gfn2(kind)]

@@ -40,7 +40,16 @@ Conventions of the labels:
       tell them apart.  ``bec_file_order="polarization-major"`` reads files that
       store ``3 a + b``.
     * polarizability (3, 3) A^3 from 9 numbers, row-major (or 6 Voigt numbers).
-    * per-frame ``total_charge`` in e; 0 when the file does not give one.
+    * quadrupole (3, 3) e*A^2, the second moment sum_i q_i r_i r_i^T (not traceless):
+      the SPICE dipeptide files (``lesfit_spice_dipep_dipolar``) store it under
+      ``quadrupole`` as a ``_JSON`` 3x3 list in e*A^2, established from the data (its
+      traceless part regresses on that of the MBIS-charge second moment with slope
+      0.93, against 3.6 / 0.28 were it in e*Bohr^2 / read as Bohr).
+    * per-frame ``total_charge`` in e from ``total_charge`` / ``charge`` keys or, for
+      files of charged dimers, the sum of per-fragment ``chargeA``, ``chargeB``, ...
+      (only with the default ``total_charge_key``); 0 when the file gives none.
+    * per-atom charges: ``charges`` or MBIS / Hirshfeld columns (``mbi_charges``,
+      ``hirshfeld_charges``, ...); forces: ``forces`` or ``force``.
     * ``pbc`` comes from the file; a frame with no periodic direction has
       ``cell=None``.  A left-handed cell is negated by default (same lattice).
 
@@ -85,6 +94,7 @@ LABELS = (
     "charges",
     "bec",
     "polarizability",
+    "quadrupole",
 )
 
 #: Key prefixes of model predictions; such keys are never read as labels.
@@ -122,6 +132,7 @@ _DEFAULT_CHARGES = (
 )
 _DEFAULT_BEC = ("bec", "REF_bec", "born_charges", "born_effective_charges", "BEC")
 _DEFAULT_POLARIZABILITY = ("polarizability", "REF_polarizability", "DFT_polarizability")
+_DEFAULT_QUADRUPOLE = ("quadrupole", "REF_quadrupole", "DFT_quadrupole")
 
 _BEC_ORDERS = ("displacement-major", "polarization-major")
 _RUNNER_FORMATS = ("runner", "input.data", "n2p2")
@@ -290,7 +301,8 @@ def read_runner(path, *, require: Sequence[str] = ()) -> list[Frame]:
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: malformed file (message gives the line number), unknown element,
+        ValueError: an empty file, a malformed or truncated file (the message gives the
+            line and the frame number), an unknown element or a dummy atom ``X``,
             a lattice with other than 3 vectors, NaN positions, a bad cell, or a frame
             lacking a required label.
     """
@@ -309,7 +321,8 @@ def _read_runner(path) -> tuple[list[Frame], list[dict]]:
     current: dict | None = None
 
     def fail(lineno, msg):
-        raise ValueError(f"{path}:{lineno}: {msg}")
+        frame = f" frame {len(frames)}:" if current is not None else ""
+        raise ValueError(f"{path}:{lineno}:{frame} {msg}")
 
     with open(path) as handle:
         for lineno, line in enumerate(handle, start=1):
@@ -350,7 +363,7 @@ def _read_runner(path) -> tuple[list[Frame], list[dict]]:
                             f"atom line needs 9 fields, got {len(tokens) - 1}",
                         )
                     element = tokens[4]
-                    if element not in atomic_numbers:
+                    if atomic_numbers.get(element, 0) <= 0:
                         fail(lineno, f"unknown element {element!r}")
                     values = [float(t) for t in tokens[1:4] + tokens[5:10]]
                     current["atoms"].append((atomic_numbers[element], values))
@@ -371,8 +384,11 @@ def _read_runner(path) -> tuple[list[Frame], list[dict]]:
                 fail(lineno, f"cannot parse {line.strip()!r} ({err})")
     if current is not None:
         raise ValueError(
-            f"{path}: frame starting at line {current['start']} has no 'end'"
+            f"{path}: frame {len(frames)} starting at line {current['start']} has "
+            "no 'end' (truncated file?)"
         )
+    if not frames:
+        raise ValueError(f"{path}: no frames (no begin/end block) in the file")
     return frames, found
 
 
@@ -440,6 +456,7 @@ def read_frames(
     charges_key: KeySpec = _DEFAULT_CHARGES,
     bec_key: KeySpec = _DEFAULT_BEC,
     polarizability_key: KeySpec = _DEFAULT_POLARIZABILITY,
+    quadrupole_key: KeySpec = _DEFAULT_QUADRUPOLE,
     bec_file_order: str = "displacement-major",
     units: Mapping[str, float] | None = None,
     left_handed: str = "flip",
@@ -455,7 +472,7 @@ def read_frames(
         require: labels every returned frame must carry (names from ``LABELS``); a
             missing one raises ValueError naming the frame index and the label.
         energy_key, forces_key, stress_key, virial_key, total_charge_key, dipole_key,
-            charges_key, bec_key, polarizability_key: key specs (see module docstring):
+            charges_key, bec_key, polarizability_key, quadrupole_key: key specs (see module docstring):
             a name, names tried in order, a callable ``f(atoms)``, or None to skip.
             Frame-level labels are looked up in ``atoms.calc.results`` then
             ``atoms.info``; per-atom labels in ``atoms.calc.results`` then
@@ -464,7 +481,8 @@ def read_frames(
             dP_a/dr_b) or ``"polarization-major"`` (number 3a+b is dP_a/dr_b).
         units: optional factors into internal units, applied after reading, keyed by
             ``positions`` (also scales the cell), ``energy``, ``forces``, ``stress``,
-            ``dipole``, ``charges``, ``total_charge``, ``bec``, ``polarizability``.
+            ``dipole``, ``charges``, ``total_charge``, ``bec``, ``polarizability``,
+            ``quadrupole``.
         left_handed: what to do with a cell whose det < 0 (two of the five MAPbI3
             v-sim cells are): ``"flip"`` (default) negates every lattice vector, which
             describes the same lattice with the same Cartesian positions and pbc axes
@@ -474,12 +492,15 @@ def read_frames(
     Returns:
         list of ``Frame`` in eV, A, e: positions (N, 3) A, cell (3, 3) A or None,
         energy eV, forces (N, 3) eV/A, stress (3, 3) eV/A^3, total_charge e, dipole (3,)
-        e*A, charges (N,) e, bec (N, 3, 3) e, polarizability (3, 3) A^3; unused header
+        e*A, charges (N,) e, bec (N, 3, 3) e, polarizability (3, 3) A^3, quadrupole
+        (3, 3) e*A^2; unused header
         entries in ``info``, unused per-atom columns in ``info["arrays"]``.
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: unknown format, a label of the wrong shape, NaN/inf in positions or
+        ValueError: unknown format, an empty file, an unknown element symbol or a
+            dummy atom (``X``), a truncated or malformed frame (the message names the
+            file and the frame), a label of the wrong shape, NaN/inf in positions or
             labels, a singular or left-handed cell, or a frame lacking a required label.
     """
     path = _check_path(path)
@@ -500,6 +521,7 @@ def read_frames(
         "total_charge",
         "bec",
         "polarizability",
+        "quadrupole",
     }
     if set(units) - allowed_units:
         raise ValueError(f"unknown units keys {sorted(set(units) - allowed_units)}")
@@ -513,17 +535,7 @@ def read_frames(
         _check_require(frames, require, found, path)
         return frames
 
-    import ase.io
-    from ase.io.formats import UnknownFileTypeError
-
-    try:
-        images = ase.io.read(path, index=index, format=format)
-    except UnknownFileTypeError as err:
-        raise ValueError(
-            f"unknown or unsupported format {format!r} for {path}: {err}"
-        ) from err
-    if not isinstance(images, list):
-        images = [images]
+    images = _read_images(path, index, format)
 
     specs = {
         "energy": _normalize_spec(energy_key, "energy_key"),
@@ -535,11 +547,18 @@ def read_frames(
         "charges": _normalize_spec(charges_key, "charges_key"),
         "bec": _normalize_spec(bec_key, "bec_key"),
         "polarizability": _normalize_spec(polarizability_key, "polarizability_key"),
+        "quadrupole": _normalize_spec(quadrupole_key, "quadrupole_key"),
     }
+    fragment_charges = total_charge_key is _DEFAULT_TOTAL_CHARGE
     frames, found = [], []
     for k, atoms in enumerate(images):
         frame, has = _atoms_to_frame(
-            atoms, specs, bec_file_order, left_handed, f"{path}: frame {k}"
+            atoms,
+            specs,
+            bec_file_order,
+            left_handed,
+            _frame_where(path, index, k),
+            fragment_charges,
         )
         if units:
             frame = _scale(frame, units)
@@ -549,8 +568,79 @@ def read_frames(
     return frames
 
 
+def _frame_where(path: str, index, k: int) -> str:
+    """'path: frame k', naming the selection when ``index`` is not all frames."""
+    if index in (":", None) or index == slice(None):
+        return f"{path}: frame {k}"
+    return f"{path}: frame {k} of the selection index={index!r}"
+
+
+def _read_images(path: str, index, format: str | None) -> list:
+    """ase.Atoms of the selected frames; errors name the file and the frame.
+
+    Raises:
+        ValueError: unknown format, an unknown element symbol (ASE raises a bare
+            KeyError), a truncated or malformed frame, or a file with no frames.
+    """
+    import ase.io
+    from ase.io.formats import UnknownFileTypeError
+
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: empty file, no frames")
+    images: list = []
+    try:
+        for atoms in ase.io.iread(path, index=index, format=format):
+            images.append(atoms)
+    except UnknownFileTypeError as err:
+        raise ValueError(
+            f"unknown or unsupported format {format!r} for {path}: {err}"
+        ) from err
+    except KeyError as err:
+        where = _frame_where(path, index, len(images))
+        raise ValueError(
+            f"{where}: unknown element symbol {err.args[0]!r} (not a chemical symbol)"
+        ) from err
+    except Exception as err:  # ASE's parsers raise many types on bad input
+        where = _frame_where(path, index, len(images))
+        raise ValueError(
+            f"{where}: cannot parse ({type(err).__name__}: {err}); "
+            "the file is truncated or malformed"
+        ) from err
+    if not images and index in (":", None):
+        raise ValueError(f"{path}: no frames found")
+    for k, atoms in enumerate(images):
+        dummy = np.flatnonzero(np.asarray(atoms.numbers) <= 0)
+        if dummy.size:
+            symbol = atoms.get_chemical_symbols()[int(dummy[0])]
+            raise ValueError(
+                f"{_frame_where(path, index, k)}: atom {int(dummy[0])} has symbol "
+                f"{symbol!r}, a dummy atom (atomic number 0) and not an element; "
+                f"{dummy.size} such atom(s) in this frame"
+            )
+    return images
+
+
+def _fragment_charge(info: Mapping[str, Any]) -> float | None:
+    """Sum of per-fragment charges ``chargeA``, ``chargeB``, ... in a header, or None.
+
+    Files of charged molecular dimers state the charge of each monomer instead of the
+    total (``chargeA=1 chargeB=-1``); the frame's total charge is their sum.
+    """
+    keys = [
+        k for k in info if len(k) == 7 and k.startswith("charge") and k[-1].isupper()
+    ]
+    if len(keys) < 2:
+        return None
+    return float(sum(float(info[k]) for k in keys))
+
+
 def _atoms_to_frame(
-    atoms, specs: dict, bec_file_order: str, left_handed: str, where: str
+    atoms,
+    specs: dict,
+    bec_file_order: str,
+    left_handed: str,
+    where: str,
+    fragment_charges: bool = False,
 ) -> tuple[Frame, dict]:
     """Convert one ase.Atoms into a Frame; ``has`` records which labels were found."""
     n = len(atoms)
@@ -629,6 +719,9 @@ def _atoms_to_frame(
     has.pop("virial", None)
 
     total_charge = get("total_charge", scalar_stores)
+    if total_charge is None and fragment_charges:
+        total_charge = _fragment_charge(atoms.info)
+        has["total_charge"] = total_charge is not None
     total_charge = (
         0.0
         if total_charge is None
@@ -655,6 +748,13 @@ def _atoms_to_frame(
         polarizability = _as_3x3(
             per_frame("polarizability", polarizability, np.size(polarizability)),
             f"{where}: polarizability",
+        )
+
+    quadrupole = get("quadrupole", scalar_stores)
+    if quadrupole is not None:
+        quadrupole = _as_3x3(
+            per_frame("quadrupole", quadrupole, np.size(quadrupole)),
+            f"{where}: quadrupole",
         )
 
     info = {k: v for k, v in atoms.info.items() if ("info", k) not in used}
@@ -692,6 +792,7 @@ def _atoms_to_frame(
         charges=charges,
         bec=bec,
         polarizability=polarizability,
+        quadrupole=quadrupole,
         info=info,
     )
     return frame, has
@@ -727,6 +828,7 @@ _RESERVED_HEADER = {
     "total_charge",
     "dipole",
     "polarizability",
+    "quadrupole",
 }
 _RESERVED_COLUMNS = {
     "species",
@@ -832,6 +934,10 @@ def write_extxyz(
                 'polarizability="'
                 + _fmt(_as_3x3(frame.polarizability, "polarizability"))
                 + '"'
+            )
+        if frame.quadrupole is not None:
+            header.append(
+                f'quadrupole="{_fmt(_as_3x3(frame.quadrupole, "quadrupole"))}"'
             )
         if info:
             header.append(key_val_dict_to_str(info))

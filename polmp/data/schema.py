@@ -17,6 +17,8 @@ Fields (N atoms):
     charges        (N,)   e, per-atom reference charges (e.g. Hirshfeld), if present
     bec            (N, 3, 3) e, Born effective charges Z*_{i,ab} = dP_a/dr_{i,b}
     polarizability (3, 3) A^3
+    quadrupole     (3, 3) e*A^2, second moment of the charge density
+                   sum_i q_i r_i r_i^T (not traceless) about the file's origin
     info           dict of any other scalar header entries (strings, numbers)
 """
 
@@ -44,6 +46,7 @@ class Frame:
     charges: np.ndarray | None = None
     bec: np.ndarray | None = None
     polarizability: np.ndarray | None = None
+    quadrupole: np.ndarray | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property

@@ -37,6 +37,9 @@ VARIANTS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
 #: accepted values of ``ModelConfig.alpha_kind``
 ALPHA_KINDS: tuple[str, ...] = ("isotropic", "anisotropic")
 
+#: accepted values of ``ModelConfig.total_charge_shift`` (docs/total_charge.md)
+TOTAL_CHARGE_SHIFTS: tuple[str, ...] = ("none", "uniform", "softness")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -69,6 +72,12 @@ class ModelConfig:
         reference_energies_eV: per-species reference energies (same order as
             ``species``), eV, added to the per-atom energy; ``None`` -> zeros.  Fit
             them with ``polmp.models.heads.fit_reference_energies``.
+        total_charge_shift: how the latent charges honour the structure's total charge
+            ``Graph.total_charge`` (docs/total_charge.md): ``"none"`` (free latent
+            charges, as in the paper), ``"uniform"`` (every atom of a structure shifted
+            by the same amount so that they sum to Q) or ``"softness"`` (shifted in
+            proportion to a learned per-atom softness s_i > 0, as in
+            charge-equilibration models).  Needs a variant with q.
     """
 
     species: tuple[int, ...]
@@ -92,6 +101,7 @@ class ModelConfig:
     alpha_scale: float = 0.01
     energy_scale: float = 1.0
     reference_energies_eV: tuple[float, ...] | None = None
+    total_charge_shift: str = "none"
 
     def __post_init__(self):
         # Normalise sequences to tuples so that the config stays hashable.
@@ -110,6 +120,16 @@ class ModelConfig:
         if self.alpha_kind not in ALPHA_KINDS:
             raise ValueError(
                 f"unknown alpha_kind {self.alpha_kind!r}; expected one of {ALPHA_KINDS}"
+            )
+        if self.total_charge_shift not in TOTAL_CHARGE_SHIFTS:
+            raise ValueError(
+                f"unknown total_charge_shift {self.total_charge_shift!r}; expected one "
+                f"of {TOTAL_CHARGE_SHIFTS}"
+            )
+        if self.total_charge_shift != "none" and not self.use_q:
+            raise ValueError(
+                f"total_charge_shift={self.total_charge_shift!r} shifts the latent "
+                f"charges, but variant {self.variant!r} has none"
             )
         if not self.species:
             raise ValueError("species must list at least one atomic number")

@@ -12,6 +12,10 @@ per atom i (method.md section 1; units of the latents as there):
                                              a0, w_c = softplus(.) >= 0  (PSD)
     E_i      (N,)       0e      eV         energy_scale * MLP(h_i 0e) + E_ref[Z_i]
 
+With ``total_charge_shift`` "uniform" or "softness" the charges q are then shifted per
+structure so that they sum to its total charge (``polmp.models.total_charge``); the
+softness weights s_i = softplus(W_s h_i + b) + s_min come from one more 0e head.
+
 Every output is zero on padding atoms.  T is ``l2_to_symmetric_traceless``, the single
 place where an l = 2 irrep becomes a Cartesian tensor (style.md 3.3).
 
@@ -38,6 +42,11 @@ import numpy as np
 
 from polmp.models.config import ModelConfig
 from polmp.models.layers import MLP, linear
+from polmp.models.total_charge import shift_to_total_charge
+
+#: floor of the softness weights s_i (dimensionless), so that sum_i s_i > 0 even when
+#: softplus underflows; only ratios of s within a structure matter.
+SOFTNESS_FLOOR = 1e-3
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,7 +127,12 @@ class LatentHeads(nn.Module):
 
     @nn.compact
     def __call__(
-        self, h: e3nn.IrrepsArray, index: jax.Array, atom_mask: jax.Array
+        self,
+        h: e3nn.IrrepsArray,
+        index: jax.Array,
+        atom_mask: jax.Array,
+        atom_graph: jax.Array | None = None,
+        total_charge: jax.Array | None = None,
     ) -> AtomicOutputs:
         """Apply the heads.
 
@@ -126,9 +140,16 @@ class LatentHeads(nn.Module):
             h: IrrepsArray (N, irreps.dim), backbone features.
             index: Int[Array, 'N'], species index (0 = padding or unknown species).
             atom_mask: Bool[Array, 'N'].
+            atom_graph: Int[Array, 'N'], graph of each atom; needed (with
+                ``total_charge``) when ``config.total_charge_shift`` is not "none".
+            total_charge: Float[Array, 'G'], e, the structures' total charges.
 
         Returns:
             AtomicOutputs, every array zero on padding atoms, in h's dtype.
+
+        Raises:
+            ValueError: a total-charge shift is configured but ``atom_graph`` or
+                ``total_charge`` is missing.
         """
         cfg = self.config
         dtype = h.dtype
@@ -153,6 +174,10 @@ class LatentHeads(nn.Module):
         if cfg.use_q:
             q = linear(f"{cfg.num_charge_channels}x0e")(h).array  # (N, C_q)
             out["q"] = masked(cfg.q_scale * q)
+            if cfg.total_charge_shift != "none":
+                out["q"] = self._shift_charges(
+                    h, out["q"], atom_mask, atom_graph, total_charge
+                )
         if cfg.use_mu:
             mu = linear("1x1o")(h).array  # (N, 3)
             out["mu"] = masked(cfg.mu_scale * mu)
@@ -166,6 +191,20 @@ class LatentHeads(nn.Module):
         if cfg.use_alpha:
             out["alpha"] = masked(cfg.alpha_scale * self._alpha(h))
         return AtomicOutputs(**out)
+
+    def _shift_charges(self, h, q, atom_mask, atom_graph, total_charge) -> jax.Array:
+        """q shifted per structure to its total charge (uniform or softness weights)."""
+        if atom_graph is None or total_charge is None:
+            raise ValueError(
+                f"total_charge_shift={self.config.total_charge_shift!r} needs the "
+                "atom_graph and total_charge of the graph"
+            )
+        if self.config.total_charge_shift == "softness":
+            s = linear("1x0e", biases=True, name="softness")(h).array[:, 0]
+            weights = jax.nn.softplus(s) + SOFTNESS_FLOOR  # (N,) > 0
+        else:
+            weights = jnp.ones(q.shape[:1], q.dtype)
+        return shift_to_total_charge(q, weights, atom_graph, atom_mask, total_charge)
 
     def _alpha(self, h: e3nn.IrrepsArray) -> jax.Array:
         """Unscaled alpha: softplus(s) (N,) or a0 I + sum_c w_c v_c v_c^T (N, 3, 3)."""

@@ -76,7 +76,9 @@ class AtomicModel(nn.Module):
         index = jnp.where(
             graph.atom_mask, species_to_index(graph.species, self.config.species), 0
         )
-        return LatentHeads(self.config, name="heads")(h, index, graph.atom_mask)
+        return LatentHeads(self.config, name="heads")(
+            h, index, graph.atom_mask, graph.atom_graph, graph.total_charge
+        )
 
 
 def graph_energies(atom_energies: jax.Array, graph: Graph) -> jax.Array:

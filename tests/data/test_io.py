@@ -22,7 +22,7 @@ from tests.utils import shared_path
 
 LABEL_FIELDS = (
     "positions", "numbers", "cell", "pbc", "energy", "forces", "stress",
-    "total_charge", "dipole", "charges", "bec", "polarizability",
+    "total_charge", "dipole", "charges", "bec", "polarizability", "quadrupole",
 )  # fmt: skip
 
 _EPS = np.zeros((3, 3, 3))
@@ -314,14 +314,41 @@ def test_spice_dipep_dipolar(split, count, has_bec):
         assert 42 <= f.num_atoms <= 51 and f.cell is None
         assert f.forces.shape == (f.num_atoms, 3)  # the column is named 'force'
         assert f.dipole.shape == (3,)  # stored as _JSON [[x, y, z]]
-        assert np.asarray(f.info["quadrupole"]).shape == (1, 3, 3)
+        assert f.quadrupole.shape == (3, 3) and "quadrupole" not in f.info
+        np.testing.assert_allclose(f.quadrupole, f.quadrupole.T, atol=1e-5)
+        assert f.energy < 0 and f.total_charge == 0.0
         assert abs(f.charges.sum()) < 2e-3  # MBIS charges of neutral dipeptides
         assert (f.bec is not None) == has_bec
         if has_bec:
             np.testing.assert_allclose(f.bec.sum(0), 0.0, atol=0.02)
     if has_bec:
         res = [_rotational_residual(f, f.bec) for f in frames]
-        assert np.median(res) < 0.1
+        other = [_rotational_residual(f, f.bec.transpose(0, 2, 1)) for f in frames]
+        assert np.median(res) < 0.1 < np.median(other)
+    # The dipole is in e*A: it follows the MBIS-charge dipole sum_i q_i r_i with slope
+    # ~1 (atomic dipoles add scatter; e*Bohr would give 1/BOHR ~ 1.9).
+    mu_q = np.concatenate([f.charges @ f.positions for f in frames])
+    mu = np.concatenate([f.dipole for f in frames])
+    assert 0.85 < (mu_q @ mu) / (mu_q @ mu_q) < 1.15
+    # The quadrupole is the second moment in e*A^2: its traceless part follows that
+    # of the MBIS charges (slope ~1; e*Bohr^2 would give 1/BOHR^2 ~ 3.6).
+    traceless = lambda m: m - np.trace(m) / 3 * np.eye(3)  # noqa: E731
+    x = np.concatenate(
+        [traceless(np.einsum("i,ia,ib->ab", f.charges, f.positions, f.positions))
+         for f in frames]
+    ).ravel()  # fmt: skip
+    y = np.concatenate([traceless(f.quadrupole) for f in frames]).ravel()
+    assert 0.8 < (x @ y) / (x @ x) < 1.2 and np.corrcoef(x, y)[0, 1] > 0.9
+
+
+def test_spice_bec_dipeptides_labels():
+    path = shared_path("lesfit_spice_bec", "dipeptides.xyz")
+    frames = read_frames(path, require=("energy", "forces", "dipole", "bec"))
+    assert len(frames) == _count_extxyz_frames(path) == 119
+    for f in frames:
+        assert f.forces.shape == (f.num_atoms, 3) and f.bec.shape == (f.num_atoms, 3, 3)
+        assert f.total_charge == f.info.get("total_charge", 0.0) == 0.0
+        assert f.quadrupole is None and f.charges is None
 
 
 # ----------------------------------------------------------------------------- others
@@ -349,6 +376,25 @@ def test_cacelr_lode_dimers_with_callable_total_charge():
     assert total == 78
     assert labels == {("CC", 0): 13, ("PA", 0): 13, ("PP", 0): 13, ("AA", 0): 13,
                       ("CP", -1): 13, ("CA", 1): 13}  # fmt: skip
+
+
+def test_cacelr_lode_dimers_total_charge_by_default():
+    """The default reader sums the fragment charges chargeA + chargeB of the header."""
+    files = sorted(glob.glob(os.path.join(shared_path("cacelrfit_lode_dimers"), "*")))
+    charges = collections.Counter()
+    for path in files:
+        for f in read_frames(path, require=("total_charge",)):
+            assert f.total_charge == f.info["chargeA"] + f.info["chargeB"]
+            charges[f.total_charge] += 1
+    assert charges == {0.0: 52, 1.0: 13, -1.0: 13}  # 26 of 78 frames are charged
+
+
+@pytest.mark.parametrize("key", ["charge", "total_charge"])
+def test_extxyz_total_charge_keys(tmp_path, key):
+    header = f'Properties=species:S:1:pos:R:3 {key}=-2 chargeA=5 chargeB=5 pbc="F F F"'
+    path = _xyz(tmp_path, header, ["O 0 0 0", "O 0 0 1.2"])
+    (frame,) = read_frames(path, require=("total_charge",))
+    assert frame.total_charge == -2.0  # the stated total wins over fragment charges
 
 
 def test_kapil_water_dipole_polarizability_and_dipole_unit():
@@ -497,6 +543,7 @@ def test_round_trip_all_labels_synthetic(tmp_path, rng):
         charges=rng.normal(size=n),
         bec=rng.normal(size=(n, 3, 3)),  # not symmetric: the order must survive
         polarizability=rng.normal(size=(3, 3)),
+        quadrupole=rng.normal(size=(3, 3)),
         info={"config_type": "two words", "step": 3, "arrays": {"tag": np.arange(n)}},
     )
     path = tmp_path / "syn.xyz"
@@ -632,3 +679,38 @@ def test_runner_synthetic_and_errors(tmp_path):
     broken(_RUNNER_OK.replace("atom 1.8 0.0 0.0", "atom nan 0.0 0.0"), "NaN")
     broken(_RUNNER_OK.replace("-0.01 0.0 0.0", "-0.01 0.0"), "needs 9 fields")
     broken("atom 0 0 0 H 0 0 0 0 0\n", "outside a begin/end")
+    broken(_RUNNER_OK.replace(" Na ", " X "), r"bad.data:13: frame 1: unknown element")
+    broken(_RUNNER_OK.rsplit("end", 1)[0], r"frame 1 starting at line 12 has no 'end'")
+    broken("", r"bad.data: no frames")
+    broken("\n\n", r"bad.data: no frames")
+    with pytest.raises(ValueError, match="no frames"):
+        read_frames(tmp_path / "bad.data", format="runner")
+
+
+def test_extxyz_errors_name_file_and_frame(tmp_path):
+    """Dummy or unknown symbols, truncated and empty files: clear errors, never []."""
+    plain = 'Properties=species:S:1:pos:R:3 energy=1.0 pbc="F F F"'
+    good = _xyz(tmp_path, plain, ["O 0 0 0", "H 0 0 1"], "good.xyz").read_text()
+
+    def write(name, text):
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    dummy = write("dummy.xyz", good + good.replace("H 0 0 1", "X 0 0 1"))
+    with pytest.raises(ValueError, match=r"dummy.xyz: frame 1: atom 1 has symbol 'X'"):
+        read_frames(dummy)
+    unknown = write("unknown.xyz", good + good + good.replace("O 0", "Xx 0"))
+    for fmt in (None, "extxyz"):
+        with pytest.raises(
+            ValueError, match=r"unknown.xyz: frame 2: unknown element .*'Xx'"
+        ):
+            read_frames(unknown, format=fmt)
+    truncated = write("truncated.xyz", good + good.replace("2\n", "3\n", 1))
+    with pytest.raises(ValueError, match=r"truncated.xyz: frame 1: .*truncated"):
+        read_frames(truncated)
+    assert len(read_frames(truncated, index="0")) == 1  # the intact frame still reads
+    empty = write("empty.xyz", "")
+    for fmt in (None, "extxyz", "xyz"):
+        with pytest.raises(ValueError, match=r"empty.xyz: empty file"):
+            read_frames(empty, format=fmt)
