@@ -29,9 +29,11 @@ __all__ = [
     "EMBEDDED_PREFIX",
     "EMBEDDED_SETS",
     "WATER_GFN2_FILES",
+    "WATER_IR_FILE",
     "load_embedded",
     "load_water_gfn2",
     "water_gfn2_path",
+    "water_ir_path",
 ]
 
 #: Prefix that names a shipped data set wherever a data path is accepted
@@ -108,3 +110,14 @@ def load_embedded(name: str) -> list[Frame]:
             f"unknown embedded data set {name!r}; expected one of {sorted(EMBEDDED_SETS)}"
         )
     return [frame for kind in EMBEDDED_SETS[name] for frame in load_water_gfn2(kind)]
+
+
+#: Experimental optical constants of liquid water at 25 C (Segelstein 1981, from the
+#: refractiveindex.info database, CC0 1.0), copied unchanged; the IR overlay of
+#: ``polmp demo`` / ``polmp spectra`` (``polmp.observables.spectra.experimental_water_ir``).
+WATER_IR_FILE = "water_ir_segelstein.yml"
+
+
+def water_ir_path():
+    """``importlib.resources`` path of the shipped experimental water IR (Traversable)."""
+    return resources.files("polmp.data").joinpath("embedded", WATER_IR_FILE)

@@ -94,7 +94,7 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class RunResult:
     """What ``train`` returns.
 
@@ -125,6 +125,25 @@ class RunResult:
     num_compiled_shapes: int
     num_eval_shapes: int
     stopped_early: bool
+
+    def __repr__(self) -> str:
+        """A few lines: where, what, how far, how good (not the parameters)."""
+        count = sum(int(np.size(x)) for x in jax.tree.leaves(self.params))
+        rows = ", ".join(
+            f"{name}: E {_fmt_metric(m.get('energy_rmse_meV_per_atom'))} meV/atom, "
+            f"F {_fmt_metric(m.get('forces_rmse_meV_per_A'))} meV/A"
+            for name, m in self.metrics.items()
+        )
+        return (
+            f"RunResult(run_dir={self.run_dir!r}, variant="
+            f"{self.model_config.variant!r}, {count} parameters, {self.num_steps} "
+            f"steps, {len(self.history)} epochs this call, best_epoch="
+            f"{self.best_epoch}, stopped_early={self.stopped_early}; RMSE {rows})"
+        )
+
+
+def _fmt_metric(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 class Evaluation(NamedTuple):
@@ -617,26 +636,46 @@ def _train(
 # --------------------------------------------------------------------------- evaluate
 
 
+#: |mean signed energy error| above which (and above 90 % of the energy RMSE) the
+#: error is an offset, i.e. data from another level of theory: eV/atom
+OFFSET_WARN_EV_PER_ATOM = 0.05
+
+
 def evaluate(
-    run_dir_or_checkpoint, frames: Sequence[Frame], *, batch_size: int | None = None
+    run_dir_or_checkpoint,
+    frames: Sequence[Frame],
+    *,
+    batch_size: int | None = None,
+    parity_dir=None,
 ) -> Evaluation:
     """Error table of a trained run on ``frames``.  Host driver.
 
     Uses the best EMA parameters of the run directory, or the EMA parameters of the
-    given checkpoint (``<run>/checkpoints/<step>``).
+    given checkpoint (``<run>/checkpoints/<step>``), or a shipped model's name.
+
+    The metrics include ``energy_mean_error_meV_per_atom``, the signed mean of
+    (E_pred - E_ref)/N_atoms.  When it accounts for the energy error (at least 90 % of
+    the RMSE and above ``OFFSET_WARN_EV_PER_ATOM``), the data most likely come from
+    another level of theory than the model's training data (other reference energies):
+    a ``UserWarning`` says so, since the energy RMSE then measures the offset, not the
+    model.
 
     Args:
-        run_dir_or_checkpoint: a run directory, or one checkpoint step directory.
+        run_dir_or_checkpoint: a run directory, one checkpoint step directory, an
+            exported model or a shipped model name.
         frames: labelled frames (energies and/or forces, stress).
         batch_size: frames per evaluation batch (default: the run's batch size).
+        parity_dir: if given, write ``parity_energy.png`` (eV/atom) and
+            ``parity_forces.png`` (eV/A) there (created if needed).
 
     Returns:
-        ``Evaluation(metrics, table)``: the ``summarize`` dict (meV units) and a
-        printable table.
+        ``Evaluation(metrics, table)``: the ``summarize`` dict (meV units) plus the
+        mean signed energy error, and a printable table.
 
     Raises:
         ValueError: no frames, or species the model does not know.
         FileNotFoundError: not a run directory or checkpoint.
+        CorruptCheckpointError: damaged parameters (the file is named).
     """
     frames = list(frames)
     if not frames:
@@ -664,6 +703,33 @@ def evaluate(
         config.model, config.training.loss, config.training.huber_delta, mesh
     )
     params = sharding.put_replicated(params, mesh)
-    sums, _ = _run_eval(evaluator, eval_step, params)
+    sums, (e_ref, e_pred, f_ref, f_pred) = _run_eval(
+        evaluator, eval_step, params, parity=True
+    )
     metrics = summarize(sums)
+    offset = float(np.mean(e_pred - e_ref)) if e_ref.size else None
+    metrics["energy_mean_error_meV_per_atom"] = None if offset is None else 1e3 * offset
+    rmse = metrics["energy_rmse_meV_per_atom"]
+    if offset is not None and abs(offset) > OFFSET_WARN_EV_PER_ATOM:
+        if 1e3 * abs(offset) >= 0.9 * rmse:
+            warnings.warn(
+                f"the energy error is an offset: predictions are {offset:+.4g} eV/atom "
+                f"from the references on average (energy RMSE {rmse / 1e3:.4g} "
+                "eV/atom). The data probably come from another level of theory than "
+                "the model's training data (other reference energies); compare "
+                "forces, or refit the reference energies on these data.",
+                UserWarning,
+                stacklevel=2,
+            )
+    if parity_dir is not None:
+        parity_dir = pathlib.Path(parity_dir)
+        parity_dir.mkdir(parents=True, exist_ok=True)
+        parity_plot(
+            e_ref, e_pred, parity_dir / "parity_energy.png", label="energy",
+            unit="eV/atom",
+        )  # fmt: skip
+        parity_plot(
+            f_ref, f_pred, parity_dir / "parity_forces.png",
+            label="force components", unit="eV/A",
+        )  # fmt: skip
     return Evaluation(metrics, format_table({"eval": metrics}))

@@ -133,3 +133,24 @@ def test_kill_during_checkpoint_write_duplicates_no_metrics_line(tmp_path):
     assert _epochs(part1.run_dir) == [0, 1]
     train(_config(tmp_path / "k", 4), datasets=DATA, resume=True)
     assert _epochs(part1.run_dir) == [0, 1]
+
+
+def test_short_reprs(short_run):
+    _, result = short_run
+    text = repr(result)
+    assert "\n" not in text and len(text) < 400
+    assert result.run_dir in text and "parameters" in text and "RMSE" in text
+    frame = repr(TRAIN[0])
+    assert "\n" not in frame and len(frame) < 200 and "atoms" in frame
+
+
+def test_evaluate_warns_when_an_energy_offset_dominates(short_run):
+    _, result = short_run
+    metrics, _ = evaluate(result.run_dir, VALID)
+    assert abs(metrics["energy_mean_error_meV_per_atom"]) < 1e3
+    shifted = [
+        dataclasses.replace(f, energy=f.energy - 2.0 * f.num_atoms) for f in VALID
+    ]  # another level of theory: 2 eV/atom lower reference energies
+    with pytest.warns(UserWarning, match="another level of theory"):
+        metrics, _ = evaluate(result.run_dir, shifted)
+    assert metrics["energy_mean_error_meV_per_atom"] > 1900
