@@ -266,7 +266,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from polmp.data.sources import read_sources
     from polmp.training.loop import evaluate
 
-    frames = read_sources(args.data, format=args.format)
+    frames = read_sources(args.data, args.index, format=args.format)
     result = evaluate(args.run_dir, frames, parity_dir=args.output)
     print(result.table)
     offset = result.metrics.get("energy_mean_error_meV_per_atom")
@@ -452,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default="polmp-evaluate", help="directory for the parity plots"
     )
     evaluate.add_argument("--format", default=None, help="file format (default: guess)")
+    evaluate.add_argument(
+        "--index", default=":", help="frames of each file, ASE style (e.g. 0:20)"
+    )
     evaluate.add_argument(
         "--precision", choices=("float32", "float64"), default="float32"
     )

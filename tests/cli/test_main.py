@@ -88,7 +88,7 @@ def test_train_and_evaluate_from_yaml(tmp_path):
     # a shipped set by the name `train` accepts; GFN2 water energies are another level
     # of theory than the Morse toy data: the offset is named, not silently tabulated
     other = _cli("evaluate", str(tmp_path / "run"), "embedded:water-gfn2-clusters",
-                 "--output", str(plots))  # fmt: skip
+                 "--index", "0:8", "--output", str(plots))  # fmt: skip
     assert other.returncode == 0, other.stderr
     assert "another level of theory" in other.stderr
     # a finished run is not overwritten without --overwrite (config.yaml kept)
