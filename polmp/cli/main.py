@@ -12,18 +12,26 @@ Verbs:
               a 64-molecule water box with fixed point-charge-like latents: long-range
               energy, forces and timings from every electrostatics method (Ewald, PME,
               the reference implementation's truncated k-set) and the cluster limit.
-    train     polmp train CONFIG.yaml [dotted.key=value ...] [--resume]
+    train     polmp train CONFIG.yaml [dotted.key=value ...] [--resume | --overwrite]
     sweep     polmp sweep CONFIG.yaml --grid key=[a,b] [--grid ...] [key=value ...]
-    evaluate  polmp evaluate RUN_DIR_OR_CHECKPOINT DATA [--format FMT]
-    md        polmp md [CONFIG.yaml] [dotted.key=value ...]   (schema: MDConfig)
+    evaluate  polmp evaluate RUN_DIR_OR_CHECKPOINT_OR_MODEL DATA [--format FMT]
+              [--output DIR]   (DATA: file, glob or embedded:<set>; parity plots in DIR)
+    md        polmp md [CONFIG.yaml] [dotted.key=value ...] [--overwrite]
+              (schema: MDConfig; the YAML may be omitted: defaults plus overrides)
     spectra   polmp spectra MD_DIR [--experimental FILE]
+
+Errors (bad config, missing file, a run directory in use ...) print one line on stderr
+and exit with status 1; ``--debug`` (anywhere on the line) prints the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 import sys
 import time
+import warnings
 
 
 def _set_precision(precision: str) -> None:
@@ -32,6 +40,24 @@ def _set_precision(precision: str) -> None:
 
     jax.config.update("jax_enable_x64", precision == "float64")
     jax.config.update("jax_default_matmul_precision", "highest")
+    if precision == "float32":
+        quiet_float64_requests()
+
+
+def quiet_float64_requests() -> None:
+    """Silence jax's notice that a float64 request becomes float32 without x64.
+
+    jax-md's integrators sum the kinetic energy with ``util.high_precision_sum``, which
+    asks for float64 whatever the input; with x64 off (a float32 run) jax truncates
+    the request to float32, which is what a float32 run wants, and warns once per run.
+    Only that notice is filtered; every other warning is shown.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Explicitly requested dtype float64 requested in "
+        r"(sum|convert_element_type|asarray|array) is not available",
+        category=UserWarning,
+    )
 
 
 def _timed(fn, *args, repeats=3):
@@ -84,17 +110,8 @@ def run_demo(args: argparse.Namespace) -> int:
         f"{t['steps_per_s']:.1f} steps/s with observables every 4 steps "
         f"(first chunk incl. compile {t['first_chunk_s']:.0f} s)"
     )
-    import pathlib
-
-    experimental = DEFAULT_WATER_IR if pathlib.Path(DEFAULT_WATER_IR).exists() else None
-    peaks = write_spectra(args.output, experimental_ir=experimental)
-    print(f"{'spectrum':<16}{'libration':>12}{'bend':>10}{'stretch':>10}   (cm^-1)")
-    for name, bands in peaks.items():
-        cells = "".join(
-            f"{bands.get(b, float('nan')):>{w}.0f}"
-            for b, w in (("libration", 12), ("bend", 10), ("stretch", 10))
-        )
-        print(f"{name:<16}{cells}")
+    peaks = write_spectra(args.output, experimental_ir=default_water_ir())
+    print(peak_table(peaks))
     print(
         f"wrote observables.npz, trajectory.extxyz, spectra.npz, ir.png, raman.png in {args.output}"
     )
@@ -182,7 +199,7 @@ def run_train(args: argparse.Namespace) -> int:
     from polmp.training.loop import train
     from polmp.training.metrics import format_table
 
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     print(f"run directory: {result.run_dir}")
     print(format_table(result.metrics))
     return 0
@@ -213,7 +230,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     for point, config in points:
         name = ",".join(f"{k}={v}" for k, v in point.items())
         run_dir = f"{config.output_dir}/{name.replace('/', '_')}"
-        result = train(dataclasses.replace(config, output_dir=run_dir))
+        result = train(
+            dataclasses.replace(config, output_dir=run_dir), overwrite=args.overwrite
+        )
         # free the point's compiled code before the next model compiles its own
         clear_compiled()
         gc.collect()
@@ -244,12 +263,16 @@ def run_sweep(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Error table of a trained run (or one checkpoint) on a labelled data file."""
     _set_precision(args.precision)
-    from polmp.data.io import read_frames
+    from polmp.data.sources import read_sources
     from polmp.training.loop import evaluate
 
-    frames = read_frames(args.data, format=args.format)
-    result = evaluate(args.run_dir, frames)
+    frames = read_sources(args.data, args.index, format=args.format)
+    result = evaluate(args.run_dir, frames, parity_dir=args.output)
     print(result.table)
+    offset = result.metrics.get("energy_mean_error_meV_per_atom")
+    if offset is not None:
+        print(f"mean signed energy error: {offset:.3f} meV/atom")
+    print(f"wrote parity_energy.png, parity_forces.png in {args.output}")
     return 0
 
 
@@ -259,6 +282,18 @@ def run_md_verb(args: argparse.Namespace) -> int:
     from polmp.config.schema import MDConfig
 
     config = load_config(MDConfig, args.config, args.overrides)
+    if config.num_steps < 1:
+        raise ValueError(
+            f"num_steps must be >= 1 for polmp md (got {config.num_steps}): a run "
+            "records observables over its production steps"
+        )
+    out = pathlib.Path(config.output_dir)
+    finished = [n for n in MD_RUN_FILES if (out / n).exists()]
+    if finished and not args.overwrite:
+        raise ValueError(
+            f"{out} already holds an MD run ({', '.join(finished)}): pass --overwrite "
+            "to replace it, or choose another output_dir"
+        )
     _set_precision(config.precision)
     from polmp.md.simulate import run_md
 
@@ -276,13 +311,9 @@ def run_md_verb(args: argparse.Namespace) -> int:
 
 def run_spectra(args: argparse.Namespace) -> int:
     """IR and Raman spectra (arrays, peaks, plots) of an MD output directory."""
-    import pathlib
-
     from polmp.observables.report import write_spectra
 
-    experimental = args.experimental
-    if experimental is None and pathlib.Path(DEFAULT_WATER_IR).exists():
-        experimental = DEFAULT_WATER_IR
+    experimental = args.experimental or default_water_ir()
     peaks = write_spectra(
         args.md_dir,
         experimental_ir=experimental,
@@ -290,24 +321,58 @@ def run_spectra(args: argparse.Namespace) -> int:
         block_length_fs=args.block_fs,
     )
     print(f"wrote spectra.npz, peaks.json, ir.png, raman.png in {args.md_dir}")
-    for name, bands in peaks.items():
-        text = ", ".join(f"{band} {value:.0f}" for band, value in bands.items())
-        print(f"{name:<16}peaks (cm^-1): {text}")
+    print(peak_table(peaks))
     return 0
 
+
+def peak_table(peaks: dict) -> str:
+    """Peak positions per spectrum and band (``write_spectra``'s result) as text.
+
+    "-" marks a band without a peak above the noise; a spectrum whose signal is
+    identically zero says so instead of listing bands.
+    """
+    from polmp.observables.report import WATER_BANDS_CM, ZERO_SIGNAL
+
+    zero = set(peaks.get(ZERO_SIGNAL, ()))
+    bands = tuple(WATER_BANDS_CM)
+    lines = [f"{'spectrum':<16}" + "".join(f"{b:>12}" for b in bands) + "   (cm^-1)"]
+    for name, found in peaks.items():
+        if name == ZERO_SIGNAL:
+            continue
+        if name in zero:
+            lines.append(f"{name:<16}  zero signal (identically zero, no peaks)")
+            continue
+        cells = "".join(
+            f"{found[b]:>12.0f}" if b in found else f"{'-':>12}" for b in bands
+        )
+        lines.append(f"{name:<16}{cells}")
+    lines.append("(-: no peak standing above the noise in that band)")
+    return "\n".join(lines)
+
+
+#: files of a finished ``polmp md`` run (not overwritten without --overwrite)
+MD_RUN_FILES = ("md.json", "observables.npz", "trajectory.extxyz")
 
 #: Default length of the demo MD (0.5 fs steps): equilibration, then recorded steps.
 DEMO_EQUILIBRATION = 200
 DEMO_STEPS = 1200
 
-#: Experimental liquid-water optical constants (shared data, CC0), if present.
-DEFAULT_WATER_IR = (
-    "../shared/data/water_ir_optical_constants/refractiveindex_info/H2O_Segelstein.yml"
-)
+
+def default_water_ir() -> str:
+    """Path of the experimental liquid-water IR shipped with polmp (CC0)."""
+    from importlib.resources import as_file
+
+    from polmp.data.embedded import water_ir_path
+
+    with as_file(water_ir_path()) as path:  # a real file for an installed package
+        return str(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polmp", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--debug", action="store_true", help="print the full traceback of an error"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
     demo = verbs.add_parser(
         "demo", help="shipped water model -> MD -> IR/Raman spectra (the main job)"
@@ -347,8 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="YAML file (schema: polmp.config.schema.RunConfig)"
     )
     train.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
-    train.add_argument(
+    mode = train.add_mutually_exclusive_group()
+    mode.add_argument(
         "--resume", action="store_true", help="resume from the last checkpoint"
+    )
+    mode.add_argument(
+        "--overwrite", action="store_true", help="replace a run in output_dir"
     )
     train.set_defaults(handler=run_train)
 
@@ -363,16 +432,29 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="key=[v1, v2] (repeat for a product)",
     )
+    sweep.add_argument(
+        "--overwrite", action="store_true", help="replace runs of the grid points"
+    )
     sweep.set_defaults(handler=run_sweep)
 
     evaluate = verbs.add_parser("evaluate", help="error table of a trained run on data")
     evaluate.add_argument(
-        "run_dir", metavar="RUN", help="run directory or checkpoint directory"
+        "run_dir",
+        metavar="RUN",
+        help="run directory, checkpoint directory, exported model or shipped name",
     )
     evaluate.add_argument(
-        "data", help="labelled structures (extxyz, RuNNer input.data, ...)"
+        "data",
+        help="labelled structures: a file (extxyz, RuNNer input.data, ...), a glob "
+        "pattern or embedded:<set>",
+    )
+    evaluate.add_argument(
+        "--output", default="polmp-evaluate", help="directory for the parity plots"
     )
     evaluate.add_argument("--format", default=None, help="file format (default: guess)")
+    evaluate.add_argument(
+        "--index", default=":", help="frames of each file, ASE style (e.g. 0:20)"
+    )
     evaluate.add_argument(
         "--precision", choices=("float32", "float64"), default="float32"
     )
@@ -386,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML file (schema: polmp.config.schema.MDConfig); omitted: defaults",
     )
     md.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    md.add_argument(
+        "--overwrite", action="store_true", help="replace an MD run in output_dir"
+    )
     md.set_defaults(handler=run_md_verb)
 
     spectra = verbs.add_parser("spectra", help="IR/Raman spectra of an MD directory")
@@ -394,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--experimental",
         default=None,
         help="refractiveindex.info file of liquid water to overlay "
-        f"(default: {DEFAULT_WATER_IR} if it exists)",
+        "(default: the experimental water IR shipped with polmp, Segelstein 1981)",
     )
     spectra.add_argument(
         "--smoothing", type=float, default=20.0, help="Gaussian FWHM, cm^-1"
@@ -411,7 +496,21 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     (``polmp sweep CONFIG --grid ... output_dir=runs/x``), which argparse alone
     rejects once an option has ended the positional list."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args, extra = parser.parse_known_args(argv)
+    args.debug = debug
+    config = getattr(args, "config", None)
+    if (
+        args.verb == "md"
+        and config is not None
+        and "=" in config
+        and not os.path.exists(config)
+    ):
+        # `polmp md key=value` without a YAML: the first override is no config path
+        args.overrides = [config, *(args.overrides or [])]
+        args.config = None
     if extra:
         takes_overrides = hasattr(args, "overrides")
         if not takes_overrides or any(a.startswith("-") or "=" not in a for a in extra):
@@ -421,8 +520,24 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; an error prints one line on stderr (``--debug``: traceback)."""
     args = parse_arguments(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except Exception as err:  # noqa: BLE001 - every error gets the one-line form
+        if args.debug:
+            raise
+        print(f"polmp {args.verb}: error: {error_line(err)}", file=sys.stderr)
+        print("(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def error_line(err: BaseException) -> str:
+    """The message of ``err`` on one line; its type unless it is a plain input error."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (ValueError, OSError, KeyError)):
+        return text
+    return f"{type(err).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -56,3 +56,39 @@ class Frame:
     @property
     def periodic(self) -> bool:
         return bool(np.any(self.pbc))
+
+    def __repr__(self) -> str:
+        """One line: formula, atoms, cell, which labels are present (not the arrays)."""
+        from collections import Counter
+
+        from ase.data import chemical_symbols
+
+        counts = Counter(int(z) for z in np.asarray(self.numbers).ravel())
+        formula = "".join(
+            f"{chemical_symbols[z] if 0 <= z < len(chemical_symbols) else z}"
+            f"{n if n > 1 else ''}"
+            for z, n in sorted(counts.items())
+        )
+        if self.cell is not None and self.periodic:
+            lengths = np.linalg.norm(np.asarray(self.cell, float), axis=1)
+            pbc = "".join("T" if p else "F" for p in np.asarray(self.pbc, bool))
+            where = "cell " + "x".join(f"{x:.4g}" for x in lengths) + f" A, pbc {pbc}"
+        else:
+            where = "no cell"
+        labels = [
+            name
+            for name in (
+                "energy", "forces", "stress", "dipole", "charges", "bec",
+                "polarizability", "quadrupole",
+            )
+            if getattr(self, name) is not None
+        ]  # fmt: skip
+        energy = "" if self.energy is None else f", energy={float(self.energy):.6g} eV"
+        charge = (
+            f", total_charge={float(self.total_charge):g}" if self.total_charge else ""
+        )
+        info = f", {len(self.info)} info entries" if self.info else ""
+        return (
+            f"Frame({formula}, {self.num_atoms} atoms, {where}{energy}{charge}, "
+            f"labels {labels or 'none'}{info})"
+        )

@@ -10,8 +10,13 @@ IR spectrum from ``pdot`` and the isotropic/anisotropic Raman spectra from
 * ``ir.png`` / ``raman.png`` (matplotlib, Agg backend), the IR overlaid on the
   experimental water spectrum n(w) alpha(w) when a file is given (both scaled to
   the same area over the plotted range);
-* ``peaks.json``: the strongest peak positions of each spectrum in the bands
-  where water has them (libration 300-1000, bend 1400-1900, stretch 2800-4000 cm^-1).
+* ``peaks.json``: per spectrum, the position of the strongest peak in each band where
+  water has one (libration 300-1000, bend 1400-1900, stretch 2800-4000 cm^-1), only
+  where the spectrum has a peak that stands above its noise
+  (``polmp.observables.spectra.significant_peak``), and under ``"zero_signal"`` the
+  spectra whose signal is identically zero (e.g. the anisotropic Raman spectrum of a
+  model with isotropic polarizabilities).  A zero signal is neither normalised nor
+  plotted as a curve.
 """
 
 from __future__ import annotations
@@ -26,9 +31,13 @@ from polmp.observables.spectra import (
     experimental_water_ir,
     ir_spectrum,
     raman_spectra,
+    significant_peak,
 )
 
-__all__ = ["WATER_BANDS_CM", "band_peaks", "write_spectra"]
+__all__ = ["WATER_BANDS_CM", "ZERO_SIGNAL", "band_peaks", "write_spectra"]
+
+#: key of ``peaks.json`` listing the spectra whose signal is identically zero
+ZERO_SIGNAL = "zero_signal"
 
 #: Bands (cm^-1) in which the peak of a water spectrum is reported.
 WATER_BANDS_CM = {
@@ -38,14 +47,20 @@ WATER_BANDS_CM = {
 }
 
 
-def band_peaks(spectrum: Spectrum, bands=WATER_BANDS_CM) -> dict[str, float]:
-    """Wavenumber (cm^-1) of the maximum of ``spectrum`` inside each band."""
+def band_peaks(
+    spectrum: Spectrum, bands=WATER_BANDS_CM, *, num_sigma: float = 3.0
+) -> dict[str, float]:
+    """Wavenumber (cm^-1) of the significant peak of ``spectrum`` in each band.
+
+    Bands without a peak standing ``num_sigma`` standard errors above its
+    surroundings (``significant_peak``) are left out: an empty dict for a featureless
+    or zero spectrum.
+    """
     peaks = {}
     for name, (low, high) in bands.items():
-        inside = (spectrum.wavenumber >= low) & (spectrum.wavenumber <= high)
-        if inside.any():
-            index = np.argmax(np.where(inside, spectrum.intensity, -np.inf))
-            peaks[name] = float(spectrum.wavenumber[index])
+        peak = significant_peak(spectrum, low, high, num_sigma=num_sigma)
+        if peak is not None:
+            peaks[name] = peak
     return peaks
 
 
@@ -78,7 +93,9 @@ def write_spectra(
         quantum_correction: None or a named factor of ``ir_spectrum``.
 
     Returns:
-        dict with the peak positions per spectrum (also in ``peaks.json``).
+        dict spectrum name -> {band: peak wavenumber} (significant peaks only), and
+        ``ZERO_SIGNAL`` -> list of the spectra that are identically zero (also in
+        ``peaks.json``).
 
     Raises:
         FileNotFoundError: no observables.npz.
@@ -116,6 +133,7 @@ def write_spectra(
     axis = ir.wavenumber
     arrays = dict(wavenumber_cm=axis, ir=ir.intensity)
     peaks = {"ir": band_peaks(ir)}
+    computed = {"ir": ir}
     raman = None
     if "alpha_sys" in data:
         raman = raman_spectra(data["alpha_sys"], dt, **options)
@@ -123,6 +141,8 @@ def write_spectra(
         arrays["raman_aniso"] = raman[1].intensity
         peaks["raman_iso"] = band_peaks(raman[0])
         peaks["raman_aniso"] = band_peaks(raman[1])
+        computed.update(raman_iso=raman[0], raman_aniso=raman[1])
+    peaks[ZERO_SIGNAL] = [name for name, sp in computed.items() if sp.zero]
     experiment = None
     if experimental_ir is not None:
         experiment = experimental_water_ir(experimental_ir)
@@ -137,7 +157,7 @@ def write_spectra(
         json.dump(peaks, handle, indent=2)
 
     title = f"{num_samples * dt / 1000:.1f} ps, {temperature:.0f} K"
-    ir_curves = [(_on_axis(ir, axis), {"label": "polmp (Pdot autocorrelation)"})]
+    ir_curves = [(_on_axis(ir, axis), _label("polmp (Pdot autocorrelation)", ir))]
     if experiment is not None:
         ir_curves.append(
             (
@@ -150,8 +170,8 @@ def write_spectra(
     )
     if raman is not None:
         raman_curves = [
-            (_on_axis(raman[0], axis), {"label": "isotropic"}),
-            (_on_axis(raman[1], axis), {"label": "anisotropic"}),
+            (_on_axis(raman[0], axis), _label("isotropic", raman[0])),
+            (_on_axis(raman[1], axis), _label("anisotropic", raman[1])),
         ]
         _plot_spectrum(
             md_dir / "raman.png",
@@ -162,6 +182,13 @@ def write_spectra(
             max_wavenumber,
         )
     return peaks
+
+
+def _label(name: str, spectrum: Spectrum) -> dict:
+    """Plot style of a spectrum: a zero signal is drawn flat and says so."""
+    if spectrum.zero:
+        return {"label": f"{name}: zero signal", "fmt": ":"}
+    return {"label": name}
 
 
 def _plot_spectrum(path, axis, curves, title, kind, max_wavenumber):

@@ -17,6 +17,14 @@ over blocks and components.  Frequencies are returned as wavenumbers in cm^-1
 (nu~ = w / (2 pi c)).  Spectra are area-normalised over the returned range unless
 ``normalize=False``.
 
+Statistical error and zero signals: each spectrum carries ``error``, the standard error
+of its mean over blocks (the scatter of the per-block spectra, put through the same
+prefactor, smoothing and normalisation, divided by sqrt(blocks)), so a feature can be
+judged against its noise (``significant_peak``).  A series whose fluctuation is below
+``ZERO_RTOL`` of its scale (e.g. the anisotropic part of an isotropic polarizability:
+rounding noise only) gives a spectrum with ``zero=True`` and zero intensity, never a
+normalised spectrum of rounding noise.
+
 Quantum correction factors multiply the classical line shape; they are named options,
 off by default (``quantum_correction=None``):
     "harmonic":   beta hbar w / (1 - exp(-beta hbar w))
@@ -34,6 +42,11 @@ from polmp import units
 
 _QUANTUM_CORRECTIONS = ("harmonic", "standard", "schofield")
 
+#: a series whose rms fluctuation is below this fraction of its scale carries no
+#: signal (float32 rounding of a constant is ~1e-7 of it; thermal fluctuations of a
+#: water box's dipole or polarizability are >1e-4 of their scale)
+ZERO_RTOL = 1e-5
+
 
 @dataclasses.dataclass(frozen=True)
 class Spectrum:
@@ -42,10 +55,38 @@ class Spectrum:
     Attributes:
         wavenumber: (F,) cm^-1, from 0 to the Nyquist frequency.
         intensity: (F,) arbitrary units (area 1 over ``wavenumber`` when normalised).
+        error: (F,) standard error of ``intensity`` from the scatter over blocks, or
+            None (one block, or not estimated).
+        zero: the series carries no signal (fluctuation below ``ZERO_RTOL`` of its
+            scale); ``intensity`` is then all zero.
+        blocks: (B, F) per-block spectra behind ``intensity`` (internal: what
+            ``error`` is computed from), or None.
     """
 
     wavenumber: np.ndarray
     intensity: np.ndarray
+    error: np.ndarray | None = None
+    zero: bool = False
+    blocks: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    def with_values(self, transform, wavenumber=None) -> Spectrum:
+        """The spectrum with ``transform`` applied to the intensity and every block."""
+        blocks = (
+            None
+            if self.blocks is None
+            else np.stack([transform(b) for b in self.blocks])
+        )
+        intensity = transform(self.intensity)
+        error = None
+        if blocks is not None and len(blocks) > 1:
+            error = blocks.std(axis=0, ddof=1) / np.sqrt(len(blocks))
+        return Spectrum(
+            self.wavenumber if wavenumber is None else wavenumber,
+            intensity,
+            error,
+            self.zero,
+            blocks,
+        )
 
 
 def _blocks(signal: np.ndarray, block_length: int, overlap: float) -> np.ndarray:
@@ -73,6 +114,7 @@ def power_spectrum(
     block_length: int | None = None,
     overlap: float = 0.5,
     window: str | None = "hann",
+    scale: float | None = None,
 ) -> Spectrum:
     """Block-averaged power spectrum FT<x(0) x(t)> of a (multi-component) series.
 
@@ -82,9 +124,13 @@ def power_spectrum(
         block_length: samples per block (default: T // 4, at least 16).
         overlap: fraction of overlap between consecutive blocks, in [0, 1).
         window: None, "hann" or "blackman".
+        scale: magnitude against which the fluctuation is judged for ``zero``
+            (default: max |signal|); e.g. the whole tensor for its anisotropic part.
 
     Returns:
-        ``Spectrum`` with the un-normalised, block- and component-summed periodogram.
+        ``Spectrum`` with the un-normalised, block- and component-summed periodogram,
+        its per-block spectra and their standard error; ``zero`` (and zero
+        intensity) when the rms fluctuation is below ``ZERO_RTOL * scale``.
     """
     x = np.asarray(signal, dtype=np.float64)
     if x.ndim == 1:
@@ -105,13 +151,19 @@ def power_spectrum(
         )
     blocks = _blocks(x, block_length, overlap)  # (B, L, D)
     blocks = blocks - blocks.mean(axis=1, keepdims=True)
-    blocks = blocks * _window(window, block_length)[None, :, None]
     nfft = 2 * block_length
-    power = np.abs(np.fft.rfft(blocks, n=nfft, axis=1)) ** 2  # (B, F, D)
-    power = power.mean(axis=0).sum(axis=-1) * timestep_fs / block_length
     frequency = np.fft.rfftfreq(nfft, d=timestep_fs)  # cycles per fs
     wavenumber = frequency / units.SPEED_OF_LIGHT_CM_PER_FS
-    return Spectrum(wavenumber=wavenumber, intensity=power)
+    scale = float(np.abs(x).max()) if scale is None else float(scale)
+    fluctuation = float(np.sqrt(np.mean(blocks**2)))
+    if fluctuation <= ZERO_RTOL * scale:
+        zeros = np.zeros_like(wavenumber)
+        return Spectrum(wavenumber, zeros, zeros, True, np.zeros((1, len(zeros))))
+    blocks = blocks * _window(window, block_length)[None, :, None]
+    power = np.abs(np.fft.rfft(blocks, n=nfft, axis=1)) ** 2  # (B, F, D)
+    per_block = power.sum(axis=-1) * timestep_fs / block_length  # (B, F)
+    spectrum = Spectrum(wavenumber, per_block.mean(axis=0), blocks=per_block)
+    return spectrum.with_values(lambda v: v)
 
 
 def quantum_correction_factor(wavenumber, temperature_K: float, kind: str):
@@ -158,24 +210,67 @@ def _finish(
     quantum_correction,
     temperature_K,
 ) -> Spectrum:
-    intensity = spectrum.intensity * prefactor
+    factor = np.broadcast_to(np.asarray(prefactor, float), spectrum.wavenumber.shape)
     if quantum_correction is not None:
-        intensity = intensity * quantum_correction_factor(
+        factor = factor * quantum_correction_factor(
             spectrum.wavenumber, temperature_K, quantum_correction
         )
-    result = Spectrum(spectrum.wavenumber, intensity)
+    result = spectrum.with_values(lambda v: v * factor)
     if smoothing_fwhm_cm:
-        result = Spectrum(
-            result.wavenumber, _gaussian_smooth(result, smoothing_fwhm_cm)
+        axis = result.wavenumber
+        result = result.with_values(
+            lambda v: _gaussian_smooth(Spectrum(axis, v), smoothing_fwhm_cm)
         )
     if max_wavenumber is not None:
         keep = result.wavenumber <= max_wavenumber
-        result = Spectrum(result.wavenumber[keep], result.intensity[keep])
-    if normalize:
+        result = result.with_values(lambda v: v[keep], result.wavenumber[keep])
+    if normalize and not result.zero:
         area = np.trapezoid(result.intensity, result.wavenumber)
         if area > 0:
-            result = Spectrum(result.wavenumber, result.intensity / area)
+            result = result.with_values(lambda v: v / area)
     return result
+
+
+def significant_peak(
+    spectrum: Spectrum, low: float, high: float, *, num_sigma: float = 3.0
+) -> float | None:
+    """Wavenumber of the strongest peak in [low, high] that stands above the noise.
+
+    A peak is a local maximum inside the band (a maximum on the band's edge is a slope,
+    not a peak) whose prominence (height above the higher of the lowest points on its
+    left and right within the band) exceeds ``num_sigma`` standard errors of that
+    difference (the errors of the peak and of the base added in quadrature; relative
+    error: its median over the band).  Without an error
+    estimate the prominence must exceed 5 % of the peak height.
+
+    Returns:
+        the peak's wavenumber (cm^-1), or None (zero signal, no peak, or only noise).
+    """
+    if spectrum.zero:
+        return None
+    inside = np.flatnonzero(
+        (spectrum.wavenumber >= low) & (spectrum.wavenumber <= high)
+    )
+    if inside.size < 3:
+        return None
+    values = spectrum.intensity[inside]
+    # relative standard error: the scatter of a few blocks is a noisy estimate at any
+    # one wavenumber, so take its median over the band
+    relative = 0.05 / num_sigma
+    if spectrum.error is not None:
+        ratio = spectrum.error[inside] / np.maximum(values, np.finfo(float).tiny)
+        relative = float(np.median(ratio))
+    best = None
+    for k in range(1, len(values) - 1):
+        if not (values[k] >= values[k - 1] and values[k] > values[k + 1]):
+            continue
+        base = max(values[: k + 1].min(), values[k:].min())
+        # the prominence is a difference of two noisy values: its error adds theirs
+        noise = num_sigma * relative * float(np.hypot(values[k], base))
+        prominence = values[k] - base
+        if prominence > noise and (best is None or values[k] > values[best]):
+            best = k
+    return None if best is None else float(spectrum.wavenumber[inside[best]])
 
 
 def ir_spectrum(
@@ -255,8 +350,13 @@ def raman_spectra(
         quantum_correction=quantum_correction,
         temperature_K=temperature_K,
     )
-    raw_iso = power_spectrum(iso, timestep_fs, **common)
-    raw_aniso = power_spectrum(aniso.reshape(len(aniso), 9), timestep_fs, **common)
+    # zero signals are judged against the whole tensor: the anisotropic part of an
+    # isotropic alpha is rounding noise of alpha, not a (tiny) spectrum
+    scale = float(np.abs(alpha).max())
+    raw_iso = power_spectrum(iso, timestep_fs, scale=scale, **common)
+    raw_aniso = power_spectrum(
+        aniso.reshape(len(aniso), 9), timestep_fs, scale=scale, **common
+    )
     w2 = raw_iso.wavenumber**2
     return (
         _finish(raw_iso, prefactor=w2, **finish),
@@ -264,19 +364,26 @@ def raman_spectra(
     )
 
 
-def experimental_water_ir(path) -> Spectrum:
+def experimental_water_ir(path=None) -> Spectrum:
     """Experimental liquid-water IR absorption n(w)*alpha(w) from optical constants.
 
     Reads a refractiveindex.info YAML file (tabulated "wavelength_um n k") and returns
     n * alpha with alpha = 4 pi nu~ k (cm^-1), sorted by wavenumber.  Host only.
 
     Args:
-        path: e.g. ``../shared/data/water_ir_optical_constants/refractiveindex_info/H2O_Segelstein.yml``.
+        path: a refractiveindex.info file of liquid water; None reads the copy shipped
+            with polmp (Segelstein 1981, CC0; ``polmp.data.embedded.water_ir_path``).
     """
     import yaml
 
-    with open(path) as handle:
-        document = yaml.safe_load(handle)
+    if path is None:
+        from polmp.data.embedded import water_ir_path
+
+        text = water_ir_path().read_text()
+    else:
+        with open(path) as handle:
+            text = handle.read()
+    document = yaml.safe_load(text)
     tables = [d for d in document["DATA"] if d.get("type") == "tabulated nk"]
     if not tables:
         raise ValueError(f"{path}: no 'tabulated nk' table found")

@@ -3,6 +3,15 @@
 ``train`` (host driver; the jitted parts are the train and eval steps, jitted once
 each at this outermost level):
 
+The parts live beside it: data sources (files, globs, ``embedded:`` sets, the
+``pbc`` override) in ``polmp.data.sources``; the jitted steps and the ``StepConfig``
+that keys their compile cache in ``polmp.training.steps``; the run-directory lock and
+overwrite rules in ``polmp.training.rundir``; ``provenance.json`` in
+``polmp.training.provenance``; verified orbax checkpoints in
+``polmp.training.checkpoints``.
+
+0. validate config and data, then lock the run directory (a second writer, or a
+   directory holding a run without ``resume``/``overwrite``, is refused);
 1. read and split the data (``DataConfig``), refuse unusable data
    (``pipeline.check_datasets``), fit per-species reference energies by least squares
    on the training set (``fit_reference_energies``) into ``ModelConfig``;
@@ -12,7 +21,9 @@ each at this outermost level):
    D devices of the mesh, and take optimiser steps (weighted MSE, clipping, optimiser,
    schedule, EMA); validate the EMA parameters every epoch, log one JSON line per epoch,
    keep the best EMA parameters, stop early after ``patience`` epochs without
-   improvement; checkpoint with orbax (exact resume, ``resume=True``);
+   improvement; checkpoint with orbax (exact resume, ``resume=True``; on resume the
+   newest intact checkpoint is used and metrics lines of the epochs after it are
+   dropped, as those epochs run again);
 4. at the end, evaluate the best EMA parameters on every set, write parity plots and
    ``metrics.json``.
 
@@ -22,8 +33,9 @@ Run directory (``RunConfig.output_dir``)::
     provenance.json      git hash (if any), package versions, devices, precision
     metrics.jsonl        one line per epoch
     metrics.json         final error tables (meV/atom, meV/A, meV/A^3)
-    checkpoints/<step>/  orbax: TrainState + loop state
-    best/                orbax: best EMA parameters
+    checkpoints/<step>/  orbax: TrainState + loop state (+ polmp-sha256.json)
+    best/                orbax: best EMA parameters (+ polmp-sha256.json)
+    .polmp.lock          held by the process that trains (pid, host)
     parity_energy.png, parity_forces.png
 
 Precision: ``RunConfig.precision == "float64"`` needs ``jax_enable_x64`` on (the CLI
@@ -33,13 +45,8 @@ sets it before anything is built; library code never changes ``jax.config``).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import glob
-import importlib.metadata
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import time
 import warnings
@@ -49,46 +56,45 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import yaml
 
 from polmp.config.loader import load_config, to_dict
 from polmp.config.schema import DataConfig, RunConfig
 from polmp.data.batching import frames_to_batch
-from polmp.data.embedded import EMBEDDED_PREFIX, load_embedded
-from polmp.data.io import read_frames, select_frames
 from polmp.data.schema import Frame
+from polmp.data.sources import read_sources
 from polmp.models import (
     ModelConfig,
     count_species,
     fit_reference_energies,
 )
 from polmp.training import checkpoints, pipeline, sharding
-from polmp.training.losses import (
-    LossWeights,
-    error_sums,
-    host_total_loss,
-    make_loss_fn,
-)
+from polmp.training.losses import LossWeights, host_total_loss
 from polmp.training.metrics import format_table, parity_plot, summarize, to_host
-from polmp.training.optim import ema_update, make_optimizer, make_schedule
+from polmp.training.optim import make_optimizer, make_schedule
+from polmp.training.provenance import write_provenance
+from polmp.training.rundir import claim_run_dir, truncate_history
 from polmp.training.state import LoopState, TrainState
+from polmp.training.steps import (
+    StepConfig,
+    clear_compiled,
+    compiled_eval,
+    compiled_steps,
+)
 from polmp.training.trained import energy_fns_of, load_trained, long_range_options_of
 
-#: packages whose versions go into provenance.json
-_PACKAGES = (
-    "polmp",
-    "jax",
-    "jaxlib",
-    "flax",
-    "optax",
-    "e3nn-jax",
-    "orbax-checkpoint",
-    "numpy",
-)
+__all__ = [
+    "Evaluation",
+    "RunResult",
+    "clear_compiled",
+    "evaluate",
+    "fit_model_reference_energies",
+    "load_datasets",
+    "train",
+]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class RunResult:
     """What ``train`` returns.
 
@@ -119,6 +125,25 @@ class RunResult:
     num_compiled_shapes: int
     num_eval_shapes: int
     stopped_early: bool
+
+    def __repr__(self) -> str:
+        """A few lines: where, what, how far, how good (not the parameters)."""
+        count = sum(int(np.size(x)) for x in jax.tree.leaves(self.params))
+        rows = ", ".join(
+            f"{name}: E {_fmt_metric(m.get('energy_rmse_meV_per_atom'))} meV/atom, "
+            f"F {_fmt_metric(m.get('forces_rmse_meV_per_A'))} meV/A"
+            for name, m in self.metrics.items()
+        )
+        return (
+            f"RunResult(run_dir={self.run_dir!r}, variant="
+            f"{self.model_config.variant!r}, {count} parameters, {self.num_steps} "
+            f"steps, {len(self.history)} epochs this call, best_epoch="
+            f"{self.best_epoch}, stopped_early={self.stopped_early}; RMSE {rows})"
+        )
+
+
+def _fmt_metric(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 class Evaluation(NamedTuple):
@@ -152,35 +177,8 @@ def load_datasets(data: DataConfig) -> tuple[list[Frame], list[Frame], list[Fram
         if value is not None
     }
 
-    def read_one(path):
-        if path.startswith(EMBEDDED_PREFIX):
-            frames = select_frames(
-                load_embedded(path.removeprefix(EMBEDDED_PREFIX)), data.index
-            )
-        else:
-            frames = read_frames(path, data.index, data.format, **keys)
-        if not frames:
-            raise ValueError(f"{path}: no frames (index {data.index!r})")
-        if data.pbc == "none":
-            frames = [
-                dataclasses.replace(f, pbc=np.zeros(3, bool), stress=None)
-                for f in frames
-            ]
-        return frames
-
     def read(paths):
-        # a path, a glob pattern or a list of them; files in sorted order per pattern
-        frames = []
-        for pattern in (paths,) if isinstance(paths, str) else paths:
-            if glob.has_magic(pattern) and not pattern.startswith(EMBEDDED_PREFIX):
-                matches = sorted(glob.glob(os.path.expanduser(pattern)))
-                if not matches:
-                    raise FileNotFoundError(f"no file matches {pattern!r}")
-            else:
-                matches = [pattern]
-            for path in matches:
-                frames += read_one(path)
-        return frames
+        return read_sources(paths, data.index, data.format, pbc=data.pbc, **keys)
 
     frames = read(data.train_path)
     valid_fraction = 0.0 if data.valid_path else data.valid_fraction
@@ -241,55 +239,7 @@ def _dtype(precision: str, *, strict: bool = True):
     return np.float32
 
 
-# --------------------------------------------------------------------------- steps
-
-
-def make_train_step(fns, tx: optax.GradientTransformation, config) -> Any:
-    """Pure training step ``(state, batch, weights) -> (state, (loss, sums))``.
-
-    Not jitted here: ``train`` jits it once with shardings.
-    """
-    loss_fn = make_loss_fn(
-        fns.energy_forces_stress_fn, penalty=config.loss, delta=config.huber_delta
-    )
-    ema_decay = config.ema_decay
-
-    def train_step(state: TrainState, batch, weights: LossWeights):
-        key, _ = jax.random.split(state.key)
-        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, weights
-        )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, state.step, ema_decay)
-        new = dataclasses.replace(
-            state,
-            step=state.step + 1,
-            params=params,
-            ema_params=ema,
-            opt_state=opt_state,
-            key=key,
-        )
-        return new, (loss, sums)
-
-    return train_step
-
-
-def make_eval_step(fns, *, penalty: str = "mse", delta: float = 0.01):
-    """Pure evaluation ``(params, batch) -> (sums, energy (D,G), forces (D,N,3))``."""
-
-    def one(params, batch):
-        energy, forces, stress = fns.energy_forces_stress_fn(
-            params, batch.graph, long_range=batch.long_range
-        )
-        sums = error_sums(energy, forces, stress, batch, penalty=penalty, delta=delta)
-        return sums, energy, forces
-
-    def eval_step(params, batch):
-        sums, energy, forces = jax.vmap(functools.partial(one, params))(batch)
-        return sums.reduce(0), energy, forces
-
-    return eval_step
+# --------------------------------------------------------------------------- eval
 
 
 class _Evaluator(NamedTuple):
@@ -351,119 +301,15 @@ def _run_eval(evaluator: _Evaluator, eval_step, params, *, parity: bool = False)
     return to_host(total), data
 
 
-def _step_key(training):
-    """``training`` with every field that does not enter the compiled steps reset."""
-    return dataclasses.replace(
-        training,
-        num_epochs=1,
-        max_steps=None,
-        patience=None,
-        seed=0,
-        batch_size=1,
-        num_devices=1,
-        energy_weight=1.0,
-        forces_weight=1.0,
-        stress_weight=0.0,
-        stage2_energy_weight=None,
-        stage2_start_epoch=None,
-        fit_reference_energies=False,
-        checkpoint_every_epochs=0,
-        progress_bar=False,
-        parity_plots=False,
-    )
-
-
-def clear_compiled() -> None:
-    """Drop every compiled train/eval step (this module's caches and jax's).
-
-    A process that trains many models in a row (``polmp sweep``) otherwise keeps the
-    machine code of every one of them: on CPU each compiled shape holds memory
-    mappings, and a sweep of ~5 long-range models x 16 shapes exhausted the kernel's
-    per-process map limit (``vm.max_map_count``, "LLVM ERROR: Unable to allocate
-    section memory" or a segmentation fault while compiling the next model).
-    """
-    _compiled_steps.cache_clear()
-    _compiled_eval.cache_clear()
-    jax.clear_caches()
-
-
-@functools.lru_cache(maxsize=8)
-def _compiled_steps(model_cfg: ModelConfig, training, total_steps: int, mesh):
-    """Jitted (train_step, eval_step) for a model, training config and mesh.
-
-    Cached on these hashable, frozen arguments so that repeated ``train`` calls in one
-    process (resume, sweeps, tests) reuse the compiled code instead of retracing.
-    """
-    fns = energy_fns_of(model_cfg)
-    tx = make_optimizer(training, total_steps)
-    repl = sharding.replicated(mesh)
-    data_sh = sharding.data_sharded(mesh)
-    train_step = jax.jit(
-        make_train_step(fns, tx, training),
-        in_shardings=(repl, data_sh, repl),
-        out_shardings=(repl, repl),
-    )
-    return train_step, _compiled_eval(
-        model_cfg, training.loss, training.huber_delta, mesh
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _compiled_eval(model_cfg: ModelConfig, loss: str, delta: float, mesh):
-    """Jitted eval_step (cached like ``_compiled_steps``; shared with ``evaluate``)."""
-    fns = energy_fns_of(model_cfg)
-    return jax.jit(
-        make_eval_step(fns, penalty=loss, delta=delta),
-        in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
-        out_shardings=(
-            sharding.replicated(mesh),
-            sharding.data_sharded(mesh),
-            sharding.data_sharded(mesh),
-        ),
-    )
-
-
 # --------------------------------------------------------------------------- run dir
-
-
-def _git_hash() -> str | None:
-    root = pathlib.Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str | None]:
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def _write_run_files(run_dir: pathlib.Path, config: RunConfig, mesh) -> None:
     with open(run_dir / "config.yaml", "w") as handle:
         yaml.safe_dump(to_dict(config), handle, sort_keys=False)
-    provenance = {
-        "git_hash": _git_hash(),
-        "versions": _versions(),
-        "python": sys.version.split()[0],
-        "devices": [str(d) for d in mesh.devices.ravel()],
-        "precision": config.precision,
-        "x64": bool(jax.config.jax_enable_x64),
-    }
-    with open(run_dir / "provenance.json", "w") as handle:
-        json.dump(provenance, handle, indent=2)
+    write_provenance(
+        run_dir / "provenance.json", config.precision, mesh.devices.ravel()
+    )
 
 
 def _weights(config, epoch: int) -> tuple[int, LossWeights]:
@@ -483,22 +329,31 @@ def train(
     *,
     datasets: tuple[Sequence[Frame], Sequence[Frame], Sequence[Frame]] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train the model of ``config`` (module docstring).  Host driver.
+
+    Everything is validated before anything is written; the run directory is then
+    locked for this process (``polmp.training.rundir``).
 
     Args:
         config: the run configuration.
         datasets: (train, valid, test) frames to use instead of ``config.data``'s files
             (valid/test may be empty).
-        resume: continue from the newest checkpoint in ``config.output_dir`` (the
-            resumed run is bit-identical to an uninterrupted one).
+        resume: continue from the newest intact checkpoint in ``config.output_dir``
+            (the resumed run is bit-identical to an uninterrupted one; a corrupted
+            newest checkpoint is skipped with a warning).
+        overwrite: replace a run that ``config.output_dir`` already holds.
 
     Returns:
         ``RunResult``.
 
     Raises:
         ValueError: empty data, missing labels, unknown species, precision without
-            x64, too few devices, or ``resume`` without a checkpoint.
+            x64, too few devices, ``resume`` without a checkpoint, or a directory that
+            holds a run while neither ``resume`` nor ``overwrite`` is set.
+        RunDirectoryBusy: another process trains in the same directory.
+        CorruptCheckpointError: ``resume`` and no intact checkpoint.
     """
     t = config.training
     dtype = _dtype(config.precision)
@@ -515,17 +370,23 @@ def train(
         forces_weight=t.forces_weight,
         stress_weight=t.stress_weight,
     )
-    run_dir = pathlib.Path(config.output_dir).resolve()
-    manager_dir = run_dir / "checkpoints"
+    manager_dir = pathlib.Path(config.output_dir).resolve() / "checkpoints"
     has_checkpoints = manager_dir.exists() and any(manager_dir.iterdir())
     if resume and not has_checkpoints:
         raise ValueError(f"resume=True but there is no checkpoint in {manager_dir}")
-    if not resume and has_checkpoints:
-        raise ValueError(
-            f"{run_dir} already holds checkpoints of a run: pass resume=True to "
-            "continue "
-            "it, or choose a new output_dir"
+    with claim_run_dir(config.output_dir, resume=resume, overwrite=overwrite) as path:
+        return _train(
+            config, path, (train_frames, valid_frames, test_frames), dtype, resume
         )
+
+
+def _train(
+    config: RunConfig, run_dir: pathlib.Path, datasets, dtype, resume: bool
+) -> RunResult:
+    """``train`` in the claimed, locked ``run_dir`` (data validated)."""
+    t = config.training
+    train_frames, valid_frames, test_frames = datasets
+    manager_dir = run_dir / "checkpoints"
     if resume:
         # the trained model config (with its fitted references) comes from the run
         model_cfg = load_config(RunConfig, run_dir / "config.yaml").model
@@ -534,7 +395,6 @@ def train(
     else:
         model_cfg = config.model
     config = dataclasses.replace(config, model=model_cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     mesh = sharding.make_mesh(t.num_devices)
     _write_run_files(run_dir, config, mesh)
@@ -582,20 +442,23 @@ def train(
     loop = LoopState()
     manager = checkpoints.make_manager(manager_dir)
     if resume:
-        state, loop, _ = checkpoints.restore_checkpoint(manager, state)
+        state, loop, _ = checkpoints.restore_checkpoint(manager, state, fallback=True)
         # replay the planning of finished epochs so the shape pool (and with it every
         # padded shape, hence every float sum) is exactly that of an unbroken run
         for epoch in range(loop.epoch):
             epoch_plans(epoch)
     state = sharding.put_replicated(state, mesh)
-    train_step, eval_step = _compiled_steps(model_cfg, _step_key(t), total_steps, mesh)
+    train_step, eval_step = compiled_steps(
+        model_cfg, StepConfig.of(t), total_steps, mesh
+    )
     valid_eval = _make_evaluator(
         valid_frames, config, dtype, mesh, lr_prepare, t.num_devices, eval_pool
     )
 
     history_path = run_dir / "metrics.jsonl"
-    if not resume and history_path.exists():
-        history_path.unlink()
+    # epochs after the restored checkpoint run again: drop their lines written
+    # before the interruption (no metrics line is duplicated)
+    truncate_history(history_path, loop.epoch)
     history: list[dict] = []
     step_losses: list[float] = []
     best_path = run_dir / "best"
@@ -773,26 +636,46 @@ def train(
 # --------------------------------------------------------------------------- evaluate
 
 
+#: |mean signed energy error| above which (and above 90 % of the energy RMSE) the
+#: error is an offset, i.e. data from another level of theory: eV/atom
+OFFSET_WARN_EV_PER_ATOM = 0.05
+
+
 def evaluate(
-    run_dir_or_checkpoint, frames: Sequence[Frame], *, batch_size: int | None = None
+    run_dir_or_checkpoint,
+    frames: Sequence[Frame],
+    *,
+    batch_size: int | None = None,
+    parity_dir=None,
 ) -> Evaluation:
     """Error table of a trained run on ``frames``.  Host driver.
 
     Uses the best EMA parameters of the run directory, or the EMA parameters of the
-    given checkpoint (``<run>/checkpoints/<step>``).
+    given checkpoint (``<run>/checkpoints/<step>``), or a shipped model's name.
+
+    The metrics include ``energy_mean_error_meV_per_atom``, the signed mean of
+    (E_pred - E_ref)/N_atoms.  When it accounts for the energy error (at least 90 % of
+    the RMSE and above ``OFFSET_WARN_EV_PER_ATOM``), the data most likely come from
+    another level of theory than the model's training data (other reference energies):
+    a ``UserWarning`` says so, since the energy RMSE then measures the offset, not the
+    model.
 
     Args:
-        run_dir_or_checkpoint: a run directory, or one checkpoint step directory.
+        run_dir_or_checkpoint: a run directory, one checkpoint step directory, an
+            exported model or a shipped model name.
         frames: labelled frames (energies and/or forces, stress).
         batch_size: frames per evaluation batch (default: the run's batch size).
+        parity_dir: if given, write ``parity_energy.png`` (eV/atom) and
+            ``parity_forces.png`` (eV/A) there (created if needed).
 
     Returns:
-        ``Evaluation(metrics, table)``: the ``summarize`` dict (meV units) and a
-        printable table.
+        ``Evaluation(metrics, table)``: the ``summarize`` dict (meV units) plus the
+        mean signed energy error, and a printable table.
 
     Raises:
         ValueError: no frames, or species the model does not know.
         FileNotFoundError: not a run directory or checkpoint.
+        CorruptCheckpointError: damaged parameters (the file is named).
     """
     frames = list(frames)
     if not frames:
@@ -816,10 +699,37 @@ def evaluate(
     evaluator = _make_evaluator(
         frames, config, dtype, mesh, lr_prepare, 1, pipeline.ShapePool()
     )
-    eval_step = _compiled_eval(
+    eval_step = compiled_eval(
         config.model, config.training.loss, config.training.huber_delta, mesh
     )
     params = sharding.put_replicated(params, mesh)
-    sums, _ = _run_eval(evaluator, eval_step, params)
+    sums, (e_ref, e_pred, f_ref, f_pred) = _run_eval(
+        evaluator, eval_step, params, parity=True
+    )
     metrics = summarize(sums)
+    offset = float(np.mean(e_pred - e_ref)) if e_ref.size else None
+    metrics["energy_mean_error_meV_per_atom"] = None if offset is None else 1e3 * offset
+    rmse = metrics["energy_rmse_meV_per_atom"]
+    if offset is not None and abs(offset) > OFFSET_WARN_EV_PER_ATOM:
+        if 1e3 * abs(offset) >= 0.9 * rmse:
+            warnings.warn(
+                f"the energy error is an offset: predictions are {offset:+.4g} eV/atom "
+                f"from the references on average (energy RMSE {rmse / 1e3:.4g} "
+                "eV/atom). The data probably come from another level of theory than "
+                "the model's training data (other reference energies); compare "
+                "forces, or refit the reference energies on these data.",
+                UserWarning,
+                stacklevel=2,
+            )
+    if parity_dir is not None:
+        parity_dir = pathlib.Path(parity_dir)
+        parity_dir.mkdir(parents=True, exist_ok=True)
+        parity_plot(
+            e_ref, e_pred, parity_dir / "parity_energy.png", label="energy",
+            unit="eV/atom",
+        )  # fmt: skip
+        parity_plot(
+            f_ref, f_pred, parity_dir / "parity_forces.png",
+            label="force components", unit="eV/A",
+        )  # fmt: skip
     return Evaluation(metrics, format_table({"eval": metrics}))

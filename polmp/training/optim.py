@@ -18,12 +18,16 @@ early EMA parameters are not dominated by the random initialisation.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from polmp.config.schema import TrainingConfig
+
+if TYPE_CHECKING:
+    from polmp.training.steps import StepConfig
 
 #: optimizer name -> factory of the gradient-scaling transformation (no learning rate)
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
@@ -71,7 +75,9 @@ SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
 }
 
 
-def make_schedule(config: TrainingConfig, total_steps: int) -> optax.Schedule:
+def make_schedule(
+    config: TrainingConfig | StepConfig, total_steps: int
+) -> optax.Schedule:
     """Learning rate as a function of the step (module docstring).
 
     Args:
@@ -91,7 +97,7 @@ def make_schedule(config: TrainingConfig, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(
-    config: TrainingConfig, total_steps: int
+    config: TrainingConfig | StepConfig, total_steps: int
 ) -> optax.GradientTransformation:
     """Clipping + optimizer + schedule chain for ``config`` (module docstring).
 

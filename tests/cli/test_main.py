@@ -63,14 +63,39 @@ output_dir: {tmp_path / "run"}
     return data, config
 
 
+def _cli(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "polmp.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_train_and_evaluate_from_yaml(tmp_path):
     data, config = _write_run(tmp_path)
     out = _run("train", str(config), "training.learning_rate=1e-2")
     assert "run directory" in out and "valid" in out
     assert (tmp_path / "run" / "config.yaml").exists()
-    table = _run("evaluate", str(tmp_path / "run"), str(data))
-    row = [line for line in table.splitlines() if line.startswith("eval")][0]
+    plots = tmp_path / "plots"
+    result = _cli("evaluate", str(tmp_path / "run"), str(data), "--output", str(plots))
+    assert result.returncode == 0, result.stderr
+    row = [line for line in result.stdout.splitlines() if line.startswith("eval")][0]
     assert float(row.split()[1]) > 0  # an energy RMSE in meV/atom
+    assert "level of theory" not in result.stderr
+    for name in ("parity_energy.png", "parity_forces.png"):
+        assert (plots / name).read_bytes()[:4] == b"\x89PNG"
+    # a shipped set by the name `train` accepts; GFN2 water energies are another level
+    # of theory than the Morse toy data: the offset is named, not silently tabulated
+    other = _cli("evaluate", str(tmp_path / "run"), "embedded:water-gfn2-clusters",
+                 "--index", "0:8", "--output", str(plots))  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    assert "another level of theory" in other.stderr
+    # a finished run is not overwritten without --overwrite (config.yaml kept)
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    again = _cli("train", str(config), "training.learning_rate=2e-2")
+    assert again.returncode == 1 and "already holds a run" in again.stderr
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
     # a typo in an override is a clear error, not a silent default
     bad = subprocess.run(
         [
@@ -125,3 +150,56 @@ def test_demo_main_job_writes_spectra(tmp_path):
     assert "libration" in out and "ir" in out
     for name in ("observables.npz", "spectra.npz", "peaks.json", "ir.png", "raman.png"):
         assert (tmp_path / "d" / name).stat().st_size > 0
+
+
+def test_errors_are_one_line_and_debug_gives_the_traceback(tmp_path):
+    missing = str(tmp_path / "missing.yaml")
+    plain = _cli("train", missing, timeout=120)
+    assert plain.returncode == 1
+    lines = plain.stderr.strip().splitlines()
+    assert lines[0].startswith("polmp train: error: ") and missing in lines[0]
+    assert "Traceback" not in plain.stderr and "--debug" in lines[-1]
+    debug = _cli("train", missing, "--debug", timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_md_overrides_without_yaml_and_no_silent_overwrite(tmp_path, capsys):
+    from polmp.cli.main import main, parse_arguments
+
+    args = parse_arguments(["md", "num_steps=200", "seed=1"])
+    assert args.config is None and args.overrides == ["num_steps=200", "seed=1"]
+    out = tmp_path / "md"
+    # num_steps 0 is refused before anything is written
+    assert main(["md", "num_steps=0", f"output_dir={out}"]) == 1
+    assert "num_steps must be >= 1" in capsys.readouterr().err
+    assert not out.exists()
+    # a finished MD run is not overwritten without --overwrite
+    out.mkdir()
+    (out / "md.json").write_text("{}")
+    (out / "config.yaml").write_text("kept")
+    assert main(["md", f"output_dir={out}"]) == 1
+    assert "already holds an MD run" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == "kept"
+
+
+def test_float32_runs_hide_only_the_float64_request_notice():
+    import warnings
+
+    import jax
+    import jax.numpy as jnp
+    from jax_md import util
+
+    from polmp.cli.main import quiet_float64_requests
+
+    if jax.config.jax_enable_x64:
+        pytest.skip("x64 is on: no float64 request is truncated")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        util.high_precision_sum(jnp.ones(3, jnp.float32))  # jax-md's request
+    assert any("truncated" in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_float64_requests()
+        util.high_precision_sum(jnp.ones(3, jnp.float32))
+        warnings.warn("another warning", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["another warning"]

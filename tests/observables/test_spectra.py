@@ -1,12 +1,13 @@
 """Spectrum estimators recover known frequencies and relative intensities."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from polmp import units
-from polmp.observables import spectra
+from polmp.observables import report, spectra
 from tests.utils import shared_path
 
 DT = 0.5  # fs
@@ -99,3 +100,89 @@ def test_experimental_water_ir_has_the_known_bands():
         sel = (exp.wavenumber > lo) & (exp.wavenumber < hi)
         peak = exp.wavenumber[sel][np.argmax(exp.intensity[sel])]
         assert abs(peak - expected) < 40, (lo, hi, peak)
+
+
+def _noisy_oscillation(wavenumbers, num_samples, dt, seed, noise=1.0):
+    """(T, 3) noise plus unit oscillations at ``wavenumbers`` (random phases)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(num_samples) * dt
+    signal = noise * rng.normal(size=(num_samples, 3))
+    for nu in wavenumbers:
+        phase = rng.uniform(0, 2 * np.pi, size=3)
+        signal += np.sin(_omega(nu) * t[:, None] + phase)
+    return signal
+
+
+def test_isotropic_polarizability_has_a_zero_anisotropic_signal():
+    """alpha_sys = a(t) I: the anisotropic part is float32 rounding, reported as zero,
+    neither normalised nor given peaks."""
+    rng = np.random.default_rng(0)
+    t = np.arange(2000) * 2.0
+    a = 1.5 + 0.01 * np.sin(_omega(1640.0) * t) + 0.002 * rng.normal(size=t.size)
+    alpha = (a[:, None, None] * np.eye(3)).astype(np.float32)
+    iso, aniso = spectra.raman_spectra(alpha, 2.0, block_length=200)
+    assert aniso.zero and not iso.zero
+    assert not np.any(aniso.intensity)
+    assert report.band_peaks(aniso) == {}
+    assert abs(report.band_peaks(iso)["bend"] - 1640.0) < 30
+    assert spectra.ir_spectrum(np.zeros((400, 3)), 2.0).zero  # no Pdot at all
+
+
+def test_only_peaks_above_the_noise_are_reported():
+    dt, num_samples = 2.0, 4000
+    noise = spectra.ir_spectrum(
+        _noisy_oscillation([], num_samples, dt, seed=1), dt, block_length=200,
+        smoothing_fwhm_cm=20.0,
+    )  # fmt: skip
+    assert noise.error is not None and np.all(noise.error > 0)
+    assert report.band_peaks(noise) == {}  # featureless: no bend, no stretch
+    peaked = spectra.ir_spectrum(
+        _noisy_oscillation([1640.0, 3400.0], num_samples, dt, seed=1), dt,
+        block_length=200, smoothing_fwhm_cm=20.0,
+    )  # fmt: skip
+    found = report.band_peaks(peaked)
+    assert set(found) == {"bend", "stretch"}
+    assert abs(found["bend"] - 1640.0) < 30 and abs(found["stretch"] - 3400.0) < 30
+    # a maximum on the edge of a band is a slope, not a peak
+    assert spectra.significant_peak(peaked, 1700.0, 2500.0) is None
+
+
+def test_write_spectra_reports_zero_signals_and_draws_the_shipped_overlay(tmp_path):
+    dt, num_samples = 2.0, 2000
+    pdot = _noisy_oscillation([1640.0], num_samples, dt, seed=2, noise=0.3)
+    alpha = np.broadcast_to(1.5 * np.eye(3), (num_samples, 3, 3)).astype(np.float32)
+    alpha = (
+        alpha
+        * (1 + 0.001 * np.sin(_omega(1640.0) * np.arange(num_samples) * dt))[
+            :, None, None
+        ]
+    )
+    np.savez(
+        tmp_path / "observables.npz", pdot=pdot, alpha_sys=alpha,
+        sampling_interval_fs=dt,
+    )  # fmt: skip
+    (tmp_path / "config.yaml").write_text("temperature_K: 300.0\n")
+    from polmp.cli.main import default_water_ir
+
+    peaks = report.write_spectra(tmp_path, experimental_ir=default_water_ir())
+    assert peaks[report.ZERO_SIGNAL] == ["raman_aniso"]
+    assert peaks["raman_aniso"] == {}
+    assert set(peaks["ir"]) == {"bend"}  # no libration or stretch table entries
+    assert abs(peaks["experiment_ir"]["bend"] - 1639) < 40
+    assert json.loads((tmp_path / "peaks.json").read_text()) == peaks
+    arrays = np.load(tmp_path / "spectra.npz")
+    assert not np.any(arrays["raman_aniso"]) and "experiment_ir" in arrays
+
+
+def test_shipped_experimental_water_ir_matches_the_shared_copy():
+    shipped = spectra.experimental_water_ir()
+    for lo, hi, expected in [(3000, 3800, 3390), (1500, 1800, 1639), (400, 900, 606)]:
+        sel = (shipped.wavenumber > lo) & (shipped.wavenumber < hi)
+        peak = shipped.wavenumber[sel][np.argmax(shipped.intensity[sel])]
+        assert abs(peak - expected) < 60, (lo, hi, peak)
+    path = shared_path(
+        "water_ir_optical_constants", "refractiveindex_info", "H2O_Segelstein.yml"
+    )
+    np.testing.assert_array_equal(
+        shipped.intensity, spectra.experimental_water_ir(path).intensity
+    )

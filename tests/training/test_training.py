@@ -1,7 +1,7 @@
 """End-to-end training tests on tiny Morse molecules (variant "sr", l_max 1, 8 ch).
 
 One training configuration is shared by most tests so that the jitted steps compile
-once per session (``loop._compiled_steps`` caches them).
+once per session (``polmp.training.steps.compiled_steps`` caches them).
 """
 
 from __future__ import annotations
@@ -299,7 +299,7 @@ def test_resume_needs_checkpoint_and_fresh_run_needs_empty_dir(run, tmp_path):
     config, _ = run
     with pytest.raises(ValueError, match="no checkpoint"):
         train(make_config(tmp_path / "none"), datasets=(TRAIN, VALID, []), resume=True)
-    with pytest.raises(ValueError, match="already holds checkpoints"):
+    with pytest.raises(ValueError, match="already holds a run"):
         train(config, datasets=(TRAIN, VALID, TEST))
 
 
