@@ -138,6 +138,7 @@ def mace_available() -> str | None:
 
 def mace_model(width: str, correlation: int):
     """MACE at the polmp benchmark's cutoff, basis, irreps, l_max and layer count."""
+    import mace  # noqa: F401  (before e3nn: lets e3nn torch.load its constants)
     import torch
     from e3nn import o3
     from mace.modules import (

@@ -63,7 +63,7 @@ from polmp.models import (
     count_species,
     fit_reference_energies,
 )
-from polmp.training import checkpoints, pipeline, sharding
+from polmp.training import checkpoints, distributed, pipeline, sharding
 from polmp.training.losses import (
     LossWeights,
     error_sums,
@@ -500,6 +500,7 @@ def train(
         ValueError: empty data, missing labels, unknown species, precision without
             x64, too few devices, or ``resume`` without a checkpoint.
     """
+    config = distributed.setup_training(config)  # no-op for one process
     t = config.training
     dtype = _dtype(config.precision)
     if datasets is None:
