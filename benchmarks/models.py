@@ -13,10 +13,17 @@ Ewald or PME by the electrostatics cost model; ``full`` is run with PME spline o
 and 8), and reports the compile time (``lower().compile()``) and the step time (median
 of ``--repeats`` calls after compilation, ``block_until_ready``).
 
-The peer is the issue's MACE+LES PyTorch run at cutoff 4.5 A, 64x0e+64x1o, l_max 3, one
-layer on the same 2-core CPU (not re-run here: it is not part of this repository):
-sr 83 / 1389 ms, with 1o features 216 / 3526 ms, with charges, dipoles and induced
-terms 284 / 3475 ms at 192 / 1536 atoms.
+The peer, measured in the same run when ``torch`` and ``mace-torch`` are installed (the
+``bench`` extra; skipped with a note otherwise): MACE (mace-torch, PyTorch, float32,
+eval mode) at the same cutoff (4.5 A), Bessel basis (8) and envelope order (6), the same
+hidden irreps (64x0e+64x1o+64x2e at ``peer`` width), spherical harmonics up to the same
+l_max (2), one interaction layer, the same radial MLP widths and avg_num_neighbors, on
+the same structures and neighbour pairs, energy + forces (``compute_force=True``: one
+forward and one autograd backward).  MACE's many-body product is run at its default
+correlation order 3 (``mace c3``) and at 1 (``mace c1``: no many-body product, the
+closest to polmp's two-body message layer).  torch runs with ``torch.set_num_threads``
+equal to the number of CPU cores, which is what XLA's CPU client uses, so both get the
+same threads.  ``/ peer`` divides by the ``mace c3`` time of the same size and width.
 
 Structures: the first frame of
 ``../shared/data/lesfit_water_rpbe_d3/test-H2O_RPBE-D3.xyz`` (192 atoms) and its 2x2x2
@@ -42,12 +49,9 @@ from polmp.models import ModelConfig, make_energy_fn
 from polmp.models.long_range import graph_long_range, prepare_long_range
 
 CUTOFF = 4.5
-#: The issue's peer (MACE+LES, PyTorch, 2-core CPU), energy + forces, ms.
-PEER_MS = {
-    "sr": {192: 83.0, 1536: 1389.0},
-    "sr+1o": {192: 216.0, 1536: 3526.0},
-    "full": {192: 284.0, 1536: 3475.0},
-}
+NUM_BASIS = 8
+ENVELOPE_P = 6
+AVG_NUM_NEIGHBORS = 40.0
 #: Backbone widths: "peer" is comparable to the peer's (64 channels per irrep, one
 #: layer, cutoff 4.5 A; l_max 2 because Theta needs 2e features); "small" is a cheaper
 #: default.
@@ -90,13 +94,15 @@ def water_frame(replicate: int) -> Frame:
     )
 
 
-def bench_one(graph, data, variant, width, repeats, key):
-    """(compile s, median step s, method) for one variant and width."""
+def compile_one(graph, data, variant, width, key):
+    """(compile s, step callable) of one polmp variant and width."""
     config = ModelConfig(
         species=(1, 8),
         cutoff_A=CUTOFF,
         num_layers=1,
-        avg_num_neighbors=40.0,
+        num_basis=NUM_BASIS,
+        envelope_p=ENVELOPE_P,
+        avg_num_neighbors=AVG_NUM_NEIGHBORS,
         variant=variant,
         **WIDTHS[width],
     )
@@ -117,36 +123,159 @@ def bench_one(graph, data, variant, width, repeats, key):
     compiled = step.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
+    return compile_s, lambda: jax.block_until_ready(compiled(*args))
+
+
+def mace_available() -> str | None:
+    """None if torch and mace-torch import, else the reason they do not."""
+    try:
+        import mace.modules  # noqa: F401
+        import torch  # noqa: F401
+    except Exception as err:  # ImportError, or a broken install
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def mace_model(width: str, correlation: int):
+    """MACE at the polmp benchmark's cutoff, basis, irreps, l_max and layer count."""
+    import mace  # noqa: F401  (before e3nn: lets e3nn torch.load its constants)
+    import torch
+    from e3nn import o3
+    from mace.modules import (
+        MACE,
+        RealAgnosticInteractionBlock,
+        RealAgnosticResidualInteractionBlock,
+    )
+
+    w = WIDTHS[width]
+    c, l_max = w["num_channels"], w["l_max"]
+    hidden = " + ".join(
+        f"{c}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(l_max + 1)
+    )
+    torch.manual_seed(0)
+    model = MACE(
+        r_max=CUTOFF,
+        num_bessel=NUM_BASIS,
+        num_polynomial_cutoff=ENVELOPE_P,
+        max_ell=l_max,
+        interaction_cls=RealAgnosticResidualInteractionBlock,
+        interaction_cls_first=RealAgnosticInteractionBlock,
+        num_interactions=1,
+        num_elements=2,
+        hidden_irreps=o3.Irreps(hidden),
+        MLP_irreps=o3.Irreps(f"{w['readout_hidden']}x0e"),
+        atomic_energies=np.zeros(2),
+        avg_num_neighbors=AVG_NUM_NEIGHBORS,
+        atomic_numbers=[1, 8],
+        correlation=correlation,
+        gate=torch.nn.functional.silu,
+        radial_MLP=list(w["radial_mlp"]),
+    )
+    return model.float().eval()
+
+
+def mace_inputs(frame: Frame):
+    """MACE's input dict for one periodic frame (same pairs as polmp's graph)."""
+    import torch
+
+    from polmp.geometry.neighbors import neighbor_pairs
+
+    idx_i, idx_j, shifts = neighbor_pairs(frame.positions, frame.cell, True, CUTOFF)
+    onehot = np.stack([frame.numbers == 1, frame.numbers == 8], axis=1)
+    cell = torch.tensor(frame.cell, dtype=torch.float32)
+    unit_shifts = torch.tensor(shifts, dtype=torch.float32)
+    n = frame.num_atoms
+    # MACE: vectors = positions[edge_index[1]] - positions[edge_index[0]] + shifts,
+    # i.e. edge_index = (i, j) for polmp's r_ij = R_j - R_i + shifts @ cell.
+    return dict(
+        positions=torch.tensor(frame.positions, dtype=torch.float32),
+        node_attrs=torch.tensor(onehot, dtype=torch.float32),
+        edge_index=torch.tensor(np.stack([idx_i, idx_j]), dtype=torch.int64),
+        unit_shifts=unit_shifts,
+        shifts=unit_shifts @ cell,
+        cell=cell,
+        batch=torch.zeros(n, dtype=torch.int64),
+        ptr=torch.tensor([0, n]),
+        head=torch.zeros(1, dtype=torch.int64),
+    )
+
+
+def compile_mace(frame: Frame, width: str, correlation: int):
+    """(setup s, step callable) of the MACE peer: energy + forces, float32."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count())  # XLA's CPU client uses every core too
+    t0 = time.perf_counter()
+    model = mace_model(width, correlation)
+    data = mace_inputs(frame)
+    model(data, training=False, compute_force=True)  # warm-up
+    setup_s = time.perf_counter() - t0
+
+    def step():
+        out = model(data, training=False, compute_force=True)
+        return out["forces"].sum().item()  # forces computed, synchronised
+
+    return setup_s, step
+
+
+def interleaved_medians(steps: dict, repeats: int) -> dict:
+    """Median wall time (s) of each callable, timed round-robin ``repeats`` times.
+
+    Round-robin rather than one after the other so that load from other jobs on a
+    shared machine hits every contender alike.
+    """
+    times = {name: [] for name in steps}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times)
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="192 atoms only")
+    parser.add_argument("--sizes", default=None, help="replicas per side, e.g. 1,2")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--accuracy", type=float, default=1e-5)
     parser.add_argument("--widths", default="peer,small")
+    parser.add_argument(
+        "--variants", default="sr,q,full6,full8", help="sr, q, full6, full8"
+    )
+    parser.add_argument("--no-peer", action="store_true", help="skip MACE")
     args = parser.parse_args(argv)
     sizes = (1,) if args.quick else (1, 2)
+    if args.sizes:
+        sizes = tuple(int(x) for x in args.sizes.split(","))
     widths = args.widths.split(",")
+    chosen = args.variants.split(",")
+    variants = [
+        (v, o) for v, o in VARIANTS if (v if v != "full" else f"full{o}") in chosen
+    ]
     key = jax.random.PRNGKey(0)
+    peer_missing = "--no-peer" if args.no_peer else mace_available()
     print(f"# {machine()}")
+    if peer_missing is None:
+        import mace
+        import torch
+
+        print(
+            f"# peer: mace-torch {getattr(mace, '__version__', '?')}, torch "
+            f"{torch.__version__}, {os.cpu_count()} torch threads"
+        )
+    else:
+        print(f"# peer skipped ({peer_missing}); install the bench extra to run it")
     print(f"# command: python {' '.join(sys.argv)}")
     print(
         f"# float32, cutoff {CUTOFF} A, 1 layer, sigma 1 A, "
-        f"accuracy {args.accuracy:g}, median of {args.repeats}"
+        f"accuracy {args.accuracy:g}, median of {args.repeats} interleaved rounds"
     )
-    header = (
-        "| atoms | width | variant | E_lr method | compile (s) | step (ms) | "
-        "/ sr | peer (ms) | / peer |"
+    print(
+        "| atoms | width | model | E_lr method | compile (s) | step (ms) | / sr | "
+        "/ peer |"
     )
-    print(header)
-    print("|" + "---:|" * 9)
+    print("|" + "---:|" * 8)
     for rep in sizes:
         frame = water_frame(rep)
         graph = frames_to_graph([frame], CUTOFF)  # float32 (x64 off)
@@ -159,19 +288,19 @@ def main(argv=None):
                 max_multipole_order=0 if variant == "q" else 2,
                 pme_order=order,
             )
-            for variant, order in VARIANTS
+            for variant, order in variants
             if variant != "sr"
         }
         n = frame.num_atoms
         for width in widths:
-            sr_time = None
-            for variant, order in VARIANTS:
+            steps, rows = {}, {}
+            if peer_missing is None:
+                for corr in (3, 1):
+                    setup_s, steps[f"mace c{corr}"] = compile_mace(frame, width, corr)
+                    rows[f"mace c{corr}"] = ("-", setup_s)
+            for variant, order in variants:
                 data = datas.get((variant, order))
-                compile_s, step_s = bench_one(
-                    graph, data, variant, width, args.repeats, key
-                )
-                sr_time = step_s if variant == "sr" else sr_time
-                peer = PEER_MS.get(variant, {}).get(n)
+                compile_s, step = compile_one(graph, data, variant, width, key)
                 if data is None:
                     method = "-"
                 elif data.method == "pme":
@@ -179,11 +308,19 @@ def main(argv=None):
                     method = f"pme p={data.pme_spec.order} {mesh}"
                 else:
                     method = f"ewald M={data.periodic.kvectors.shape[1]}"
-                ratio_peer = f"{1e3 * step_s / peer:.2f}" if peer else "-"
+                name = variant if variant != "full" else f"full p{order}"
+                steps[name] = step
+                rows[name] = (method, compile_s)
+            medians = interleaved_medians(steps, args.repeats)
+            sr_time = medians.get("sr")
+            peer = medians.get("mace c3")
+            for name, (method, compile_s) in rows.items():
+                t = medians[name]
+                ratio_sr = f"{t / sr_time:.2f}" if sr_time else "-"
+                ratio_peer = f"{t / peer:.2f}" if peer else "-"
                 print(
-                    f"| {n} | {width} | {variant} | {method} | {compile_s:.1f} | "
-                    f"{1e3 * step_s:.1f} | {step_s / sr_time:.2f} | "
-                    f"{peer if peer else '-'} | {ratio_peer} |",
+                    f"| {n} | {width} | {name} | {method} | {compile_s:.1f} | "
+                    f"{1e3 * t:.1f} | {ratio_sr} | {ratio_peer} |",
                     flush=True,
                 )
 

@@ -4,7 +4,7 @@ One command (from the repository root, venv active)::
 
     python benchmarks/training.py            # the whole water-gfn2 set (550 frames)
     python benchmarks/training.py --quick    # every 4th frame (138 frames)
-    python benchmarks/training.py --rows sr:8,full:8,sr:1,full:1 --epochs 3
+    python benchmarks/training.py --rows sr:8,full:8,sr:1,full:1,mace --epochs 3
     python benchmarks/training.py --shapes-only --epochs 10   # shape counts, no training
 
 Each row trains ``experiments/water_gfn2/full.yaml`` (float32, batch size 4, the
@@ -36,6 +36,19 @@ induced dq + dmu, same backbone; ``data.max_shapes`` 8 is the default shape buck
 * ``x bucketing``: structures/s of the row / structures/s of the same variant at
   ``max_shapes`` 1 (what bucketing buys).
 
+The peer, row ``mace`` (needs the ``bench`` extra: torch and mace-torch; the row
+reports an error and the others go on without them): MACE (mace-torch, PyTorch,
+float32) at the experiment's width (cutoff, channels, l_max, layers, Bessel basis,
+radial MLP, avg_num_neighbors; correlation order 3, MACE's default), trained on the
+same train/valid frames, batch size 4, AMSGrad at the experiment's learning rate, loss
+per-atom energy MSE + 10 x force MSE (forces by autograd with ``create_graph``, as MACE
+trains); each epoch also evaluates the validation frames (energies and forces), as
+polmp's epoch does.  Host graphs (vesin pairs, the same as polmp's) are built once
+before the timed epochs, as polmp's batch cache does from epoch 0.  polmp's loss also
+has the stress term (weight 10) that the peer's has not.  torch uses as many threads as
+there are cores (what XLA uses).  ``/ peer`` divides the row's epoch time by the
+``mace`` row's.
+
 Data: ``embedded:water-gfn2`` (300 periodic 96-atom water boxes with energy, forces,
 stress; 250 water clusters of 12-36 atoms with energy, forces), split 80/10/10 with the
 experiment's seed; the test split is not passed (``train`` would evaluate it after the
@@ -62,7 +75,7 @@ from machine import machine  # noqa: E402  (the script directory is on sys.path)
 
 EXPERIMENT = REPO / "experiments" / "water_gfn2" / "full.yaml"
 #: default rows "variant:max_shapes"; "full:1" (the slowest to compile) is opt-in
-DEFAULT_ROWS = "sr:8,full:8,sr:1"
+DEFAULT_ROWS = "sr:8,full:8,sr:1,mace"
 
 
 def run_config(variant: str, max_shapes: int, epochs: int, output_dir: str):
@@ -220,6 +233,150 @@ def run_one(variant: str, max_shapes: int, stride: int, epochs: int) -> dict:
     }
 
 
+def mace_batches(frames, cutoff: float, batch_size: int, shuffle_rng=None):
+    """MACE input dicts (float32 torch tensors) of consecutive frame batches."""
+    import numpy as np
+    import torch
+
+    from polmp.geometry.neighbors import neighbor_pairs
+
+    order = np.arange(len(frames))
+    if shuffle_rng is not None:
+        shuffle_rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chunk = [frames[k] for k in order[start : start + batch_size]]
+        pos, attrs, edges, units, cells, batch, ptr = [], [], [], [], [], [], [0]
+        energies, forces, counts = [], [], []
+        for g, f in enumerate(chunk):
+            pbc = bool(np.any(f.pbc))
+            cell = np.asarray(f.cell) if pbc else np.zeros((3, 3))
+            i, j, shifts = neighbor_pairs(
+                f.positions, cell if pbc else None, pbc, cutoff
+            )
+            edges.append(np.stack([i, j]) + ptr[-1])
+            units.append(shifts)
+            cells.append(cell)
+            pos.append(f.positions)
+            attrs.append(np.stack([f.numbers == 1, f.numbers == 8], axis=1))
+            batch.append(np.full(f.num_atoms, g))
+            ptr.append(ptr[-1] + f.num_atoms)
+            energies.append(f.energy)
+            forces.append(f.forces)
+            counts.append(f.num_atoms)
+        cell_t = torch.tensor(np.concatenate(cells), dtype=torch.float32)
+        unit_t = torch.tensor(np.concatenate(units), dtype=torch.float32)
+        edge_graph = np.concatenate(
+            [np.full(e.shape[1], g) for g, e in enumerate(edges)]
+        )
+        shifts_t = torch.einsum(
+            "ea,eab->eb", unit_t, cell_t.view(-1, 3, 3)[torch.tensor(edge_graph)]
+        )
+        f32 = torch.float32
+        batches.append(
+            dict(
+                positions=torch.tensor(np.concatenate(pos), dtype=f32),
+                node_attrs=torch.tensor(np.concatenate(attrs), dtype=f32),
+                edge_index=torch.tensor(
+                    np.concatenate(edges, axis=1), dtype=torch.int64
+                ),
+                unit_shifts=unit_t,
+                shifts=shifts_t,
+                cell=cell_t,
+                batch=torch.tensor(np.concatenate(batch), dtype=torch.int64),
+                ptr=torch.tensor(ptr, dtype=torch.int64),
+                head=torch.zeros(len(chunk), dtype=torch.int64),
+                energy=torch.tensor(energies, dtype=f32),
+                forces=torch.tensor(np.concatenate(forces), dtype=f32),
+                num_atoms=torch.tensor(counts, dtype=f32),
+            )
+        )
+    return batches
+
+
+def run_mace(stride: int, epochs: int) -> dict:
+    """Train the MACE peer on the experiment's data and width; figures as a dict."""
+    import os
+
+    import mace  # noqa: F401  (before e3nn: lets e3nn torch.load its constants)
+    import numpy as np
+    import torch
+    from e3nn import o3
+    from mace.modules import (
+        MACE,
+        RealAgnosticInteractionBlock,
+        RealAgnosticResidualInteractionBlock,
+    )
+
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="polmp-bench-mace-") as output_dir:
+        config = run_config("sr", 8, epochs, output_dir)
+    train_frames, valid_frames = split_data(config, stride)
+    m, t = config.model, config.training
+    # per-species reference energies by least squares, as polmp fits them
+    counts = np.array([[np.sum(f.numbers == z) for z in (1, 8)] for f in train_frames])
+    e0 = np.linalg.lstsq(
+        counts, np.array([f.energy for f in train_frames]), rcond=None
+    )[0]
+    hidden = " + ".join(
+        f"{m.num_channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(m.l_max + 1)
+    )
+    model = MACE(
+        r_max=m.cutoff_A,
+        num_bessel=m.num_basis,
+        num_polynomial_cutoff=m.envelope_p,
+        max_ell=m.l_max,
+        interaction_cls=RealAgnosticResidualInteractionBlock,
+        interaction_cls_first=RealAgnosticInteractionBlock,
+        num_interactions=m.num_layers,
+        num_elements=2,
+        hidden_irreps=o3.Irreps(hidden),
+        MLP_irreps=o3.Irreps(f"{m.readout_hidden}x0e"),
+        atomic_energies=e0,
+        avg_num_neighbors=m.avg_num_neighbors,
+        atomic_numbers=[1, 8],
+        correlation=3,
+        gate=torch.nn.functional.silu,
+        radial_MLP=list(m.radial_mlp),
+    ).float()
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate, amsgrad=True)
+    cutoff = m.cutoff_A
+    valid = mace_batches(valid_frames, cutoff, t.batch_size)
+    rng = np.random.default_rng(t.seed)
+    plans = [
+        mace_batches(train_frames, cutoff, t.batch_size, rng) for _ in range(epochs)
+    ]
+
+    def loss_of(out, b):
+        e = (out["energy"] - b["energy"]) / b["num_atoms"]
+        return torch.mean(e**2) + t.forces_weight * torch.mean(
+            (out["forces"] - b["forces"]) ** 2
+        )
+
+    epoch_times, start = [], time.perf_counter()
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        for b in plans[epoch]:
+            optimizer.zero_grad()
+            loss = loss_of(model(b, training=True, compute_force=True), b)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm or 1e9)
+            optimizer.step()
+        model.eval()
+        for b in valid:
+            loss_of(model(b, training=False, compute_force=True), b).item()
+        epoch_times.append(time.perf_counter() - t0)
+    return {
+        "train_frames": len(train_frames),
+        "valid_frames": len(valid_frames),
+        "epoch_times": epoch_times,
+        "wall_s": time.perf_counter() - start,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
 def run_subprocess(variant: str, max_shapes: int, stride: int, epochs: int) -> dict:
     """``run_one`` in a fresh Python process (own jit caches and peak memory)."""
     command = [
@@ -257,19 +414,30 @@ def format_rows(results: dict) -> list[str]:
     lines = [
         "| variant | max_shapes | train / valid frames | train shapes | eval shapes "
         "| pad atoms | compile (s) | epoch (s) | structures/s | / sr | x bucketing "
-        "| peak MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| / peer | peak MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def epoch_of(key):
         row = results.get(key, {})
         return steady_epoch_s(row) if "epoch_times" in row else None
 
+    peer_s = next(
+        (epoch_of(key) for key in results if key[0] == "mace" and epoch_of(key)), None
+    )
     for (variant, max_shapes), row in results.items():
         if "error" in row:
             lines.append(f"| {variant} | {max_shapes} | error: {row['error']} |")
             continue
         epoch_s = epoch_of((variant, max_shapes))
+        ratio_peer = f"{epoch_s / peer_s:.2f}" if peer_s else "-"
+        if variant == "mace":
+            lines.append(
+                f"| mace | - | {row['train_frames']} / {row['valid_frames']} | - | - "
+                f"| - | - | {epoch_s:.1f} | {row['train_frames'] / epoch_s:.2f} | - | "
+                f"- | {ratio_peer} | {row['peak_mb']:.0f} |"
+            )
+            continue
         sr_s = epoch_of(("sr", max_shapes))
         unbucketed_s = epoch_of((variant, 1))
         ratio_sr = f"{epoch_s / sr_s:.2f}" if sr_s else "-"
@@ -282,7 +450,7 @@ def format_rows(results: dict) -> list[str]:
             f"{100 * row['pad_atoms']:.0f} % | "
             f"{row['epoch_times'][0] - epoch_s:.0f} | {epoch_s:.1f} | "
             f"{row['train_frames'] / epoch_s:.2f} | {ratio_sr} | {speedup} | "
-            f"{row['peak_mb']:.0f} |"
+            f"{ratio_peer} | {row['peak_mb']:.0f} |"
         )
     return lines
 
@@ -292,6 +460,8 @@ def describe(variant: str, max_shapes: int, row: dict, seconds: float) -> str:
     if "error" in row:
         return f"# {variant}:{max_shapes}: error {row['error']}"
     times = " ".join(f"{t:.1f}" for t in row["epoch_times"])
+    if variant == "mace":
+        return f"# mace: epoch times {times} s, process {seconds:.0f} s"
     shapes = " ".join(map(str, row["epoch_shapes"]))
     return (
         f"# {variant}:{max_shapes}: epoch times {times} s, train shapes after each "
@@ -340,7 +510,10 @@ def main(argv=None):
     if args._one:
         variant, max_shapes, stride, epochs = args._one
         try:
-            out = run_one(variant, int(max_shapes), int(stride), int(epochs))
+            if variant == "mace":
+                out = run_mace(int(stride), int(epochs))
+            else:
+                out = run_one(variant, int(max_shapes), int(stride), int(epochs))
         except Exception as exc:  # reported as the row's error, the others go on
             out = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         print("RESULT " + json.dumps(out), flush=True)

@@ -152,6 +152,13 @@ class TrainingConfig:
             the end); 0 writes only at the end.
         progress_bar: show a tqdm bar over the optimisation steps.
         parity_plots: write energy and force parity PNGs at the end.
+        distributed: train data-parallel over several processes
+            (``polmp.training.distributed``; also switched on by the coordinates
+            below or their ``POLMP_*`` environment variables).
+        coordinator_address: ``host:port`` of process 0, or None (environment or
+            JAX's cluster detection).
+        num_processes: number of processes P, or None.
+        process_id: this process's index in 0..P-1, or None.
     """
 
     optimizer: str = "amsgrad"
@@ -178,6 +185,10 @@ class TrainingConfig:
     checkpoint_every_epochs: int = 1
     progress_bar: bool = True
     parity_plots: bool = True
+    distributed: bool = False
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZER_NAMES:

@@ -66,6 +66,99 @@ def linear(irreps_out, **kwargs) -> e3nn.flax.Linear:
     )
 
 
+def _weighted_sh_paths(irreps_in: e3nn.Irreps, irreps_sh: e3nn.Irreps, filter_ir_out):
+    """Static plan of ``weighted_sh_tensor_product``: paths, output irreps, weight slots.
+
+    Paths are enumerated as ``e3nn.tensor_product`` does (input chunk, then harmonic,
+    then output irrep), and the output is laid out as its regrouped output: paths
+    stably sorted by output irrep, channels of one path contiguous.
+
+    Returns:
+        ``(paths, irreps_out)``; each path is ``(a, b, ir_out, cg, weight_offset)``
+        with ``a``/``b`` the chunk indices of the input and the harmonics, ``cg`` the
+        (d_a, d_b, d_out) Clebsch-Gordan block with "component" normalisation and
+        ``weight_offset`` the first column of the path in the per-irrep weights.
+    """
+    filter_ir_out = [e3nn.Irrep(ir) for ir in filter_ir_out]
+    paths = []
+    for a, (mul_a, ir_a) in enumerate(irreps_in):
+        for b, (mul_b, ir_b) in enumerate(irreps_sh):
+            if mul_b != 1:
+                raise ValueError(f"harmonics must have multiplicity 1, got {irreps_sh}")
+            for ir_out in ir_a * ir_b:
+                if ir_out in filter_ir_out:
+                    paths.append((a, b, mul_a, ir_out))
+    order = sorted(range(len(paths)), key=lambda k: paths[k][3])  # stable
+    offsets, offset = {}, 0
+    for k in order:
+        offsets[k] = offset
+        offset += paths[k][2]
+    plan = []
+    for k in order:
+        a, b, mul_a, ir_out = paths[k]
+        ir_a, ir_b = irreps_in[a].ir, irreps_sh[b].ir
+        cg = np.sqrt(ir_out.dim) * np.asarray(
+            e3nn.clebsch_gordan(ir_a.l, ir_b.l, ir_out.l), dtype=np.float64
+        )
+        plan.append((a, b, ir_out, cg, offsets[k]))
+    irreps_out = e3nn.Irreps([(paths[k][2], paths[k][3]) for k in order]).simplify()
+    return plan, irreps_out
+
+
+def weighted_sh_tensor_product(
+    x: e3nn.IrrepsArray,
+    sh: e3nn.IrrepsArray,
+    weights: jax.Array,
+    filter_ir_out,
+) -> e3nn.IrrepsArray:
+    """Per-edge weighted tensor product of features with spherical harmonics.
+
+    Equal (to rounding) to
+    ``e3nn.tensor_product(x, sh, filter_ir_out=filter_ir_out) * weights``, written for
+    speed: each path contracts the harmonics with its Clebsch-Gordan block first,
+    T_p[e, i, k] = sum_j Y_b[e, j] C_p[i, j, k] (cheap: no channel axis), then
+    m_p[e, u, k] = w_p[e, u] sum_i x_a[e, u, i] T_p[e, i, k] as broadcast products
+    that XLA fuses, instead of three-operand einsums and a Clebsch-Gordan product for
+    the per-irrep weights (the two dominated the profile in benchmarks/README.md).
+
+    Args:
+        x: IrrepsArray (E, x.irreps.dim), e.g. neighbour features.
+        sh: IrrepsArray (E, sh.dim), harmonics with multiplicity 1 per irrep.
+        weights: Float[Array, 'E num_irreps_out'], one weight per output irrep
+            (path and channel), in the order of the regrouped output.
+        filter_ir_out: output irreps to keep.
+
+    Returns:
+        IrrepsArray (E, irreps_out.dim) with the irreps and layout of the regrouped
+        ``e3nn.tensor_product``.
+    """
+    x = x.regroup()
+    sh = sh.regroup()
+    plan, irreps_out = _weighted_sh_paths(x.irreps, sh.irreps, filter_ir_out)
+    if weights.shape[-1] != irreps_out.num_irreps:
+        raise ValueError(
+            f"weights have {weights.shape[-1]} columns, the product has "
+            f"{irreps_out.num_irreps} irreps ({irreps_out})"
+        )
+    lead = x.shape[:-1]
+    xs, ys = x.chunks, sh.chunks  # (..., mul, d) each
+    pieces = []
+    for a, b, ir_out, cg, offset in plan:
+        xa = xs[a]
+        mul = x.irreps[a].mul
+        w = weights[..., offset : offset + mul, None]  # (..., mul, 1)
+        if xa is None or ys[b] is None:
+            pieces.append(jnp.zeros(lead + (mul * ir_out.dim,), x.dtype))
+            continue
+        t = jnp.einsum("...j,ijk->...ik", ys[b][..., 0, :], cg.astype(x.dtype))
+        if xa.shape[-1] == 1:  # scalar input: an outer product
+            m = xa * t[..., None, 0, :]
+        else:  # (..., mul, d_a, 1) * (..., 1, d_a, d_out) summed over d_a
+            m = jnp.sum(xa[..., :, :, None] * t[..., None, :, :], axis=-2)
+        pieces.append((m * w).reshape(lead + (mul * ir_out.dim,)))
+    return e3nn.IrrepsArray(irreps_out, jnp.concatenate(pieces, axis=-1))
+
+
 def hidden_irreps(num_channels: int, l_max: int) -> e3nn.Irreps:
     """Irreps of the hidden features: ``C x 0e + C x 1o + C x 2e + ...`` up to l_max."""
     return e3nn.Irreps(
@@ -232,15 +325,17 @@ class Interaction(nn.Module):
         h_self = linear(h.irreps)(h)
         # Message: tensor product of neighbour features with Y, restricted to outputs
         # the gate input can use.
-        messages = e3nn.tensor_product(
-            h_self[idx_j], sh, filter_ir_out=irreps_gate_in
-        )  # (E, tp.dim)
-        weights = MLP((*self.radial_mlp, messages.irreps.num_irreps), use_bias=False)(
+        _, irreps_tp = _weighted_sh_paths(
+            h_self.regroup().irreps, sh.regroup().irreps, irreps_gate_in
+        )
+        weights = MLP((*self.radial_mlp, irreps_tp.num_irreps), use_bias=False)(
             basis
         )  # (E, num_irreps)
         # u(r) * edge_mask zeroes messages beyond r_c and on padded edges.
         weights = weights * edge_weight[:, None]
-        messages = messages * weights
+        messages = weighted_sh_tensor_product(
+            h_self[idx_j], sh, weights, irreps_gate_in
+        )  # (E, tp.dim)
         assert messages.shape[0] == idx_i.shape[0]
         aggregated = e3nn.scatter_sum(messages, dst=idx_i, output_size=num_atoms)
         aggregated = aggregated / self.avg_num_neighbors  # (N, tp.dim)

@@ -68,7 +68,7 @@ from polmp.models import (
     count_species,
     fit_reference_energies,
 )
-from polmp.training import checkpoints, pipeline, sharding
+from polmp.training import checkpoints, distributed, pipeline, sharding
 from polmp.training.losses import LossWeights, host_total_loss
 from polmp.training.metrics import format_table, parity_plot, summarize, to_host
 from polmp.training.optim import make_optimizer, make_schedule
@@ -355,6 +355,7 @@ def train(
         RunDirectoryBusy: another process trains in the same directory.
         CorruptCheckpointError: ``resume`` and no intact checkpoint.
     """
+    config = distributed.setup_training(config)  # no-op for one process
     t = config.training
     dtype = _dtype(config.precision)
     if datasets is None:
