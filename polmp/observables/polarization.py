@@ -170,8 +170,13 @@ def _concrete(x):
         return None
 
 
-def _resolve_form(form, cell, receptive_field):
-    """The form to use; warns when the local form is not exact for this cell."""
+def _resolve_form(form, cell, receptive_field, periodic_default="local"):
+    """The form to use; warns when the local form is not exact for this cell.
+
+    ``periodic_default`` is what "auto" means with a cell: "local" for ``born_charges``
+    (the sum rule holds exactly), "phase" for ``polarization_current`` (the local
+    current needs one reverse pass per atom at every recorded step, the phase form
+    seven forward passes, so MD keeps the cheap form unless asked)."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     if cell is None:
@@ -179,7 +184,7 @@ def _resolve_form(form, cell, receptive_field):
             raise ValueError(f"form={form!r} needs a periodic cell (cell=None given)")
         return "direct"
     if form == "auto":
-        form = "local"
+        form = periodic_default
     if form == "local" and receptive_field is not None:
         concrete = _concrete(cell)
         if concrete is not None:
@@ -334,11 +339,13 @@ def polarization_current(
 ):
     """Polarization current Pdot_a = sum_i Z*_{i,ab} v_{i,b} (e*A/fs if v in A/fs).
 
-    Equal to ``einsum("iab,ib->a", born_charges(..., form=form), velocities)``.
+    Equal to ``einsum("iab,ib->a", born_charges(..., form=form), velocities)`` for
+    the same explicit ``form``; "auto" with a cell means "phase" here (cost, see
+    ``_resolve_form``) but "local" in ``born_charges``.
 
     * direct form (no cell): one forward-mode tangent along the velocities, Z* never
       formed;
-    * local form (default with a cell): the local Born charges (one reverse pass per
+    * local form (``form="local"``): the local Born charges (one reverse pass per
       atom, the charge Jacobian is dense) contracted with v;
     * phase form: seven tangents sharing one primal pass (``jax.vmap`` over
       ``jax.jvp``): the dipole part along v, and for each reciprocal direction a the
@@ -361,7 +368,7 @@ def polarization_current(
     Returns:
         Float[Array, '3'], or ``(current, aux)`` with ``has_aux``.
     """
-    form = _resolve_form(form, cell, receptive_field)
+    form = _resolve_form(form, cell, receptive_field, periodic_default="phase")
     if atom_mask is not None:
         velocities = jnp.where(atom_mask[:, None], velocities, 0.0)
 

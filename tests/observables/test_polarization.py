@@ -163,15 +163,15 @@ def test_field_forces_are_minus_gradient_of_field_energy(x64, water_like):
 def test_polarization_current_equals_born_charges_times_velocities(
     x64, water_like, rng
 ):
-    """Pdot from forward-mode tangents == sum_i Z*_i v_i, direct and phase forms."""
+    """Pdot == sum_i Z*_i v_i in the direct, local and phase forms."""
     r, q0 = water_like
     v = jnp.asarray(rng.normal(size=r.shape))
     cell = jnp.array([[6.0, 0, 0], [0.8, 5.5, 0], [0.4, -0.3, 6.5]])
-    for c in (None, cell):
+    for c, form in ((None, "auto"), (cell, "local"), (cell, "phase")):
         fn = _toy_charges_fn(q0, cell=None if c is None else jnp.eye(3) * 40.0)
-        z = pol.born_charges(fn, r, c, eps_e=1.78)
+        z = pol.born_charges(fn, r, c, eps_e=1.78, form=form)
         expected = jnp.einsum("iab,ib->a", z, v)
-        current = pol.polarization_current(fn, r, v, c, eps_e=1.78)
+        current = pol.polarization_current(fn, r, v, c, eps_e=1.78, form=form)
         np.testing.assert_allclose(current, expected, rtol=1e-12, atol=1e-13)
         # the charge-transfer part matters (not just sum_i q_i v_i)
         assert np.abs(expected - np.sqrt(1.78) * (q0 - q0.mean()) @ v).max() > 1e-3
@@ -182,7 +182,7 @@ def test_polarization_current_equals_born_charges_times_velocities(
             return (q, mu), {"sq": jnp.sum(x**2, axis=1) * q}
 
         current_aux, aux = pol.polarization_current(
-            with_aux, r, v, c, eps_e=1.78, has_aux=True
+            with_aux, r, v, c, eps_e=1.78, has_aux=True, form=form
         )
         np.testing.assert_allclose(current_aux, current, rtol=1e-14, atol=1e-15)
         np.testing.assert_allclose(aux["sq"], with_aux(r)[1]["sq"], rtol=1e-14)
