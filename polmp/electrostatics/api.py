@@ -277,7 +277,7 @@ def _value_conditions(positions, q, mu, theta, kappa, alpha, e_ext, atom_mask, c
                 dict(det=det),
             )
         )
-    return [(ok | ~active, msg, kw) for ok, msg, kw in out]
+    return [(jnp.logical_or(ok, ~active), msg, kw) for ok, msg, kw in out]
 
 
 def _raise_on_host(conditions):
@@ -953,11 +953,15 @@ class Solver:
         if periodic:
             scale = self.cell_scale(jnp.asarray(cell))
             active = (
-                True if atom_mask is None else jnp.any(jnp.asarray(atom_mask, bool))
+                jnp.asarray(True)
+                if atom_mask is None
+                else jnp.any(jnp.asarray(atom_mask, bool))
             )
             conditions.append(
                 (
-                    (scale <= self.max_cell_scale * (1.0 + _RANGE_RTOL)) | ~active,
+                    jnp.logical_or(
+                        scale <= self.max_cell_scale * (1.0 + _RANGE_RTOL), ~active
+                    ),
                     "cell leaves the range the solver was prepared for (largest "
                     "stretch {scale} of the reference cell > max_cell_scale "
                     f"{self.max_cell_scale:g}); prepare again with this cell or a "
