@@ -143,17 +143,19 @@ def test_cell_range_traced_scaled_cell_matches_fresh_preparation(x64, rng, solve
 
 def test_float32_floor_applies_to_prepared_solvers(rng):
     positions, q, *_ = system(rng)
-    with pytest.raises(ValueError, match="float32"):  # x64 off: inputs will be float32
-        prepare_ewald(CELL, accuracy=1e-12)
-    jax.config.update("jax_enable_x64", True)
+    previous = jax.config.jax_enable_x64
     try:
+        jax.config.update("jax_enable_x64", False)
+        with pytest.raises(ValueError, match="float32"):  # x64 off: all float32
+            prepare_ewald(CELL, accuracy=1e-12)
+        jax.config.update("jax_enable_x64", True)
         solver = prepare_ewald(CELL, accuracy=1e-12, max_multipole_order=0)
         fn = jax.jit(solver.energy_fn)
         assert np.isfinite(float(fn(positions, CELL, q)))
         with pytest.raises(ValueError, match="float32"):
             fn(positions.astype(np.float32), CELL, q.astype(np.float32))
     finally:
-        jax.config.update("jax_enable_x64", False)
+        jax.config.update("jax_enable_x64", previous)
 
 
 def test_memory_guards(x64, rng):
