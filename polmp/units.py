@@ -54,7 +54,3 @@ def angular_frequency_to_wavenumber(omega_rad_per_fs):
     """
     return omega_rad_per_fs / (2.0 * math.pi * SPEED_OF_LIGHT_CM_PER_FS)
 
-
-def polarizability_to_volume(alpha):
-    """Convert a polarizability in e^2*A^2/eV to a polarizability volume in A^3."""
-    return alpha * COULOMB

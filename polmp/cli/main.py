@@ -126,7 +126,7 @@ def run_electrostatics(args: argparse.Namespace) -> int:
     import numpy as np
 
     from polmp.data.water import water_box
-    from polmp.electrostatics import long_range
+    from polmp.electrostatics import prepare_direct, prepare_solver
 
     frame = water_box(args.molecules_per_side, seed=args.seed)
     dtype = jnp.float64 if args.precision == "float64" else jnp.float32
@@ -150,20 +150,18 @@ def run_electrostatics(args: argparse.Namespace) -> int:
         ("ewald, les_compat k-set", dict(method="ewald", les_compat=True)),
     ]
     for label, options in rows:
+        # long_range is host-only; inside jax.jit the prepared solver is the path
+        solver = prepare_solver(
+            cell,
+            num_atoms=frame.num_atoms,
+            sigma=args.sigma,
+            accuracy=args.accuracy,
+            max_multipole_order=1,
+            **options,
+        )
 
-        def energy(r, options=options):
-            out = long_range(
-                r,
-                q,
-                mu,
-                kappa=kappa,
-                alpha=alpha,
-                cell=cell,
-                sigma=args.sigma,
-                accuracy=args.accuracy,
-                **options,
-            )
-            return out.energy
+        def energy(r, solver=solver):
+            return solver.long_range_fn(r, cell, q, mu, kappa=kappa, alpha=alpha).energy
 
         energy_and_forces = jax.jit(jax.value_and_grad(energy))
         (e, grad), ms = _timed(energy_and_forces, positions)
@@ -175,9 +173,8 @@ def run_electrostatics(args: argparse.Namespace) -> int:
     centre = frame.positions[:3].mean(0)
     keep = np.linalg.norm(frame.positions - centre, axis=1) < 6.0
     keep = np.repeat(keep.reshape(-1, 3).all(1), 3)  # whole molecules only
-    cluster = jax.jit(
-        lambda r: long_range(r, q[keep], mu[keep], cell=None, sigma=args.sigma).energy
-    )
+    direct = prepare_direct(sigma=args.sigma)
+    cluster = jax.jit(lambda r: direct.long_range_fn(r, None, q[keep], mu[keep]).energy)
     e_cluster, ms = _timed(cluster, positions[keep])
     print(
         f"{f'direct, {keep.sum()}-atom cluster':<28}{float(e_cluster):>16.8f}{'':>18}{ms:>12.2f}"

@@ -70,7 +70,13 @@ __all__ = [
     "half_space_indices",
     "prepare_kgrid",
     "kgrid_covers",
+    "MAX_KVECTORS",
 ]
+
+#: Default cap on the number of half-space k-vectors of one set (2^24: ~200 MB of
+#: int32 indices, and already ~1 s per energy for 8 atoms).  The count is estimated
+#: before the set is enumerated, so a huge cell fails fast instead of filling memory.
+MAX_KVECTORS = 2**24
 
 #: Real-space resolution dl (A) of the reference implementation: k_c = 2 pi / dl.
 LES_DL: float = 2.0
@@ -202,6 +208,7 @@ def prepare_kgrid(
     les_compat: bool = False,
     max_multipole_order: int = 2,
     margin: float = 0.0,
+    max_kvectors: int = MAX_KVECTORS,
 ) -> KGrid:
     """Choose k_c and the half-space index set for a concrete cell.  Not jittable.
 
@@ -219,9 +226,13 @@ def prepare_kgrid(
             implementation's set.
         max_multipole_order: highest multipole order l the sum will see (0, 1, 2).
         margin: relative enlargement of k_c, >= 0 (for deforming cells, e.g. NPT).
+        max_kvectors: refuse sets estimated above this size (memory guard).
 
     Returns:
         :class:`KGrid`.
+
+    Raises:
+        ValueError: a bad cell or options, or a set larger than ``max_kvectors``.
     """
     cell_arr = np.asarray(cell, dtype=np.float64)
     if cell_arr.ndim == 3:
@@ -232,6 +243,7 @@ def prepare_kgrid(
             les_compat=les_compat,
             max_multipole_order=max_multipole_order,
             margin=margin,
+            max_kvectors=max_kvectors,
         )
     cell = validate_cell(cell)
     if margin < 0:
@@ -243,6 +255,16 @@ def prepare_kgrid(
         k_c = k_cutoff_for_accuracy(sigma, accuracy, max_multipole_order)
         acc = float(accuracy)
     k_c *= 1.0 + margin
+    # half of the k-sphere volume over the reciprocal cell volume (2 pi)^3 / V
+    estimate = abs(np.linalg.det(cell)) * k_c**3 / (12.0 * math.pi**2)
+    if estimate > max_kvectors:
+        raise ValueError(
+            f"the Ewald k-set of this cell would hold ~{estimate:.3g} vectors "
+            f"(> max_kvectors = {max_kvectors:.3g}; k_c = {k_c:.3g} A^-1, volume "
+            f"{abs(np.linalg.det(cell)):.3g} A^3): use PME, a looser accuracy or a "
+            "larger sigma, cell=None for a few atoms in a huge box, or raise "
+            "max_kvectors knowingly"
+        )
     idx = half_space_indices(cell, k_c)
     return KGrid(
         indices=idx,

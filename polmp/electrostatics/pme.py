@@ -518,11 +518,17 @@ def _spread(positions, cell, q, mu, theta, spec):
 
 
 def _check_inputs(positions, q, mu, theta):
-    n = positions.shape[0]
-    assert positions.shape == (n, 3), positions.shape
-    assert q.shape == (n,), q.shape
-    assert mu is None or mu.shape == (n, 3), mu.shape
-    assert theta is None or theta.shape == (n, 3, 3), theta.shape
+    """Static shape checks (trace time), with the expected shapes in the message."""
+    shape = jnp.shape(positions)
+    if len(shape) != 2 or shape[-1] != 3:
+        raise ValueError(f"positions must have shape (N, 3), got {shape}")
+    n = shape[0]
+    for name, x, tail in (("q", q, ()), ("mu", mu, (3,)), ("theta", theta, (3, 3))):
+        if x is not None and jnp.shape(x) != (n,) + tail:
+            raise ValueError(
+                f"{name} must have shape {(n,) + tail} (one per atom of positions "
+                f"{shape}), got {jnp.shape(x)}"
+            )
 
 
 def pme_energy(positions, cell, q, mu, theta, spec, *, sigma, atom_mask=None):

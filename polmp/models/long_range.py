@@ -1,9 +1,9 @@
 """Long-range energy E_lr of the latent multipoles on a flat padded ``Graph``.
 
 The model gives per-atom latents on the flat atom axis of a padded ``Graph`` that may
-hold several structures (periodic, non-periodic, different cells).  The electrostatic
-solvers of :mod:`polmp.electrostatics` work on one structure at a time.  This module
-is the adapter between the two (method.md sections 2-6)::
+hold several structures (periodic, non-periodic, different cells).  The electrostatics
+:class:`~polmp.electrostatics.api.Solver` computes E_lr of ONE structure; this module
+only gathers, vmaps and scatters (method.md sections 2-6)::
 
     E_lr,g = E_elec[q, mu, Theta; graph g] + U_iq,g + U_iu,g          (eV per graph)
 
@@ -14,38 +14,39 @@ Contract (host preparation + pure traced function, as the electrostatics solvers
   periodic in all three directions and for the non-periodic graphs separately (two
   static groups, so no graph pays for both methods), an index table (G_k, n) that
   gathers each graph's atoms into a padded per-graph block (pad entries point to a
-  padding atom and are masked), and for an Ewald group the per-graph integer k-vector
-  sets (``kgrid.prepare_kgrid``) zero-padded to a common count M (n = 0 is k = 0, which
-  the Ewald kernel always excludes, so zero rows are exact padding).  Capacities are
-  rounded (``round_capacity``) so a data set compiles few shapes; pass them explicitly
-  to pin the shapes of every batch.
+  padding atom and are masked), and a stack of solvers, one per slot (the method,
+  PME order and mesh chosen once for the group by
+  :func:`polmp.electrostatics.plan_solver`; each Ewald slot keeps its own k-vector set,
+  zero-padded to a common count M: n = 0 is k = 0, which the Ewald kernel always
+  excludes, so zero rows are exact padding).  Capacities are rounded
+  (``round_capacity``) so a data set compiles few shapes; pass them explicitly to pin
+  the shapes of every batch (``pin_periodic_solver``).
 * ``graph_long_range(graph, positions, cell, outputs, data) -> LongRangeOutputs``
-  (pure, jittable) gathers the blocks, vmaps the per-graph sum over each group (Ewald or
-  PME for the periodic group, the all-pairs sum for the other), adds the one-shot
-  response U_iq, U_iu from kappa, alpha (method.md section 6) and scatters phi, field,
-  dq, dmu back to the flat atom axis.  Positions and cell are traced: forces and the
-  stress (strained cell) follow by autodiff; the index sets are fixed at preparation
-  (re-prepare when a cell deforms a lot, see ``kgrid.kgrid_covers``).
+  (pure, jittable): gather -> ``jax.vmap(solver.long_range_fn)`` over the slots of
+  each group -> scatter of energy, phi, field, dq, dmu back to graphs and the flat atom
+  axis.  Positions and cell are traced: forces and the stress (strained cell) follow
+  by autodiff; the k-sets / mesh are fixed at preparation for the range of cells set
+  by ``max_cell_scale`` (NPT: prepare for the largest box expected).
+  ``check_long_range`` (or ``check=True``) adds ``checkify`` value checks (NaN,
+  bad or out-of-range cells, bad latents).
 
 ``make_energy_fn(config, long_range_fn=graph_long_range)`` then gives E = E_sr + E_lr;
 the training loop passes the ``LongRangeData`` of each batch (``Batch.long_range``) as
 ``energy_fn(params, graph, long_range=data)``.  For a fixed structure (MD)
 ``bind_long_range(data)`` closes over the data and has the 4-argument form.
 
-Conventions (those of :func:`polmp.electrostatics.long_range`, which the tests compare
-with graph by graph): q is (N, C) with C latent channels; a single mu (N, 3) or Theta
-(N, 3, 3) is shared by every channel; channel energies add; kappa and alpha per atom
-act on every channel; phi, field, dq, dmu carry the channel axis.  Self terms are
-removed, k = 0 is omitted (tinfoil boundary, uniform background for a net charge).
-Graphs periodic in only one or two directions are refused unless
-``partial_pbc="periodic"`` (then treated as 3D periodic with their cell, as the
-reference implementation does for slabs).
+Conventions (those of :func:`polmp.electrostatics.long_range`, which runs the same
+solver): q is (N, C) with C latent channels; a single mu (N, 3) or Theta (N, 3, 3)
+joins channel 0; channel energies add; kappa and alpha per atom act on every channel;
+phi, field, dq, dmu carry the channel axis.  Self terms are removed, k = 0 is omitted
+(tinfoil boundary, uniform background for a net charge).  Graphs periodic in only one
+or two directions are refused unless ``partial_pbc="periodic"`` (then treated as 3D
+periodic with their cell, as the reference implementation does for slabs).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -54,9 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from polmp.data.batching import round_capacity
-from polmp.electrostatics import api, direct, ewald, kgrid, pme, response
+from polmp.electrostatics import api, pme
 from polmp.electrostatics import multipoles as mp
-from polmp.geometry.cell import validate_cell
 from polmp.geometry.graph import Graph
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "LongRangeGroup",
     "LongRangeOutputs",
     "bind_long_range",
+    "check_long_range",
     "graph_long_range",
     "pin_periodic_solver",
     "prepare_long_range",
@@ -83,47 +84,61 @@ class LongRangeGroup:
         atom_index: Int[Array, 'K n'], flat atom index of each block entry; padding
             entries point to a padding atom.
         atom_mask: Bool[Array, 'K n'], real atoms of each block.
-        kvectors: Int[Array, 'K M 3'], integer k-vector indices n (k = n @ 2 pi M^-T)
-            of each periodic graph for the Ewald sum, zero-padded (n = 0 is skipped);
-            M = 0 for PME and non-periodic groups.
+        solver: :class:`~polmp.electrostatics.api.Solver` whose leaves carry the slot
+            axis K (Ewald: k-vector indices (K, M, 3); periodic: reference cells
+            (K, 3, 3)); ``jax.vmap`` runs one solver per slot.
     """
 
     graph_index: jax.Array
     atom_index: jax.Array
     atom_mask: jax.Array
-    kvectors: jax.Array
+    solver: api.Solver
 
     @property
     def num_slots(self) -> int:
         """K, graph slots of the group (static)."""
         return self.atom_index.shape[0]
 
+    @property
+    def kvectors(self) -> jax.Array:
+        """Int[Array, 'K M 3'], the zero-padded Ewald k-vector indices (M = 0 else)."""
+        if self.solver.method == "ewald" and self.solver.spec is not None:
+            return self.solver.spec.indices
+        return jnp.zeros((self.num_slots, 0, 3), jnp.int32)
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["periodic", "free"],
-    meta_fields=["sigma", "method", "pme_spec", "accuracy"],
-)
+
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LongRangeData:
     """Static long-range data of one padded graph/batch (module docstring).
 
     Attributes:
-        periodic: group of graphs periodic in all directions (method ``method``).
+        periodic: group of graphs periodic in all directions (Ewald or PME).
         free: group of non-periodic graphs (all-pairs sum).
-        sigma: pair-kernel width, A.
-        method: ``"ewald"`` or ``"pme"``, the periodic group's solver (static).
-        pme_spec: ``PMESpec`` shared by the periodic group (mesh = per-axis maximum
-            over its graphs, so every graph meets ``accuracy``), or None.
-        accuracy: requested relative accuracy of the k-space sums.
     """
 
     periodic: LongRangeGroup
     free: LongRangeGroup
-    sigma: float
-    method: str
-    pme_spec: pme.PMESpec | None
-    accuracy: float
+
+    @property
+    def method(self) -> str:
+        """``"ewald"`` or ``"pme"``, the periodic group's solver (static)."""
+        return self.periodic.solver.method
+
+    @property
+    def pme_spec(self) -> pme.PMESpec | None:
+        """``PMESpec`` of the periodic group (PME), or None."""
+        return self.periodic.solver.spec if self.method == "pme" else None
+
+    @property
+    def sigma(self) -> float:
+        """Pair-kernel width, A."""
+        return self.periodic.solver.sigma
+
+    @property
+    def accuracy(self) -> float | None:
+        """Requested relative accuracy of the k-space sums."""
+        return self.periodic.solver.accuracy
 
 
 class LongRangeOutputs(NamedTuple):
@@ -148,15 +163,6 @@ class LongRangeOutputs(NamedTuple):
 # ----------------------------------------------------------------------------- host
 
 
-def _empty_group(pad_atom: int, pad_graph: int, n: int = 1) -> dict:
-    return dict(
-        graph_index=np.full((0,), pad_graph, np.int32),
-        atom_index=np.full((0, n), pad_atom, np.int32),
-        atom_mask=np.zeros((0, n), bool),
-        kvectors=np.zeros((0, 0, 3), np.int32),
-    )
-
-
 def _group(graph_ids, atoms_of, num_slots, atoms_per_graph, pad_atom, pad_graph):
     """Index table of a group: (K,), (K, n), (K, n) with K, n >= the needs."""
     need_n = max((len(atoms_of[g]) for g in graph_ids), default=1)
@@ -177,11 +183,21 @@ def _group(graph_ids, atoms_of, num_slots, atoms_per_graph, pad_atom, pad_graph)
     return graph_index, atom_index, atom_mask
 
 
-def _cheaper_solver(atoms_per_graph: int, num_kvectors: int, mesh) -> str:
-    """ "ewald" or "pme" for one periodic block, by ``api``'s measured cost model."""
-    cost_ewald = api.COST_EWALD_PER_ATOM_K * atoms_per_graph * num_kvectors
-    cost_pme = api.COST_PME_PER_MESH_POINT * float(np.prod(mesh))
-    return "ewald" if cost_ewald <= cost_pme else "pme"
+def _plan(cells, atoms_per_graph, *, method, les_compat, pme_order, **kw):
+    if les_compat:
+        if method == "pme":
+            raise ValueError(
+                "les_compat is the reference Ewald k-set: use method='ewald'"
+            )
+        method = "ewald"
+    return api.plan_solver(
+        cells,
+        atoms_per_graph,
+        method=method,
+        les_compat=les_compat,
+        pme_order=pme_order,
+        **kw,
+    )
 
 
 def pin_periodic_solver(
@@ -194,6 +210,7 @@ def pin_periodic_solver(
     max_multipole_order: int = 2,
     les_compat: bool = False,
     pme_order: int | None = None,
+    max_cell_scale: float = 1.0,
 ) -> dict:
     """One periodic solver and its capacities for every cell of a data set.  Host.
 
@@ -201,14 +218,14 @@ def pin_periodic_solver(
     ``method="auto"``, picks the solver) batch by batch, so a data set of many cells
     (an NPT trajectory) compiles a new shape for many batches.  Passing this function's
     result as keyword arguments pins them: the largest k-set / the finest mesh of all
-    cells, and one solver chosen by the same cost model for a block of
-    ``atoms_per_graph`` atoms.
+    cells, and one solver chosen by :func:`polmp.electrostatics.plan_solver` for a
+    block of ``atoms_per_graph`` atoms.
 
     Args:
         cells: (F, 3, 3) lattice vectors of the periodic frames, A (F >= 1).
         atoms_per_graph: block size n of the periodic group.
-        sigma, accuracy, method, max_multipole_order, les_compat, pme_order: as in
-            ``prepare_long_range``.
+        sigma, accuracy, method, max_multipole_order, les_compat, pme_order,
+            max_cell_scale: as in ``prepare_long_range``.
 
     Returns:
         dict with ``method`` ("ewald" or "pme"), ``num_kvectors`` (Ewald) and
@@ -224,42 +241,57 @@ def pin_periodic_solver(
         raise ValueError("pin_periodic_solver needs at least one periodic cell")
     # an NPT set repeats few cells exactly; evaluate each distinct one once
     cells = np.unique(cells.reshape(-1, 9), axis=0).reshape(-1, 3, 3)
-    for cell in cells:
-        validate_cell(cell)
-    if les_compat:
-        method = "ewald"
-    if pme_order is None:
-        pme_order = 8 if max_multipole_order >= 2 else 6
-    kw = dict(sigma=float(sigma), accuracy=float(accuracy))
-    num_k = mesh = None
-    if method in ("auto", "ewald"):
-        num_k = max(
-            kgrid.prepare_kgrid(
-                c, les_compat=les_compat, max_multipole_order=max_multipole_order, **kw
-            ).num_kvectors
-            for c in cells
+    plan = _plan(
+        cells,
+        int(atoms_per_graph),
+        method=method,
+        les_compat=les_compat,
+        pme_order=pme_order,
+        sigma=float(sigma),
+        accuracy=float(accuracy),
+        max_multipole_order=max_multipole_order,
+        max_cell_scale=max_cell_scale,
+    )
+    if plan.method == "ewald":
+        need = max(g.num_kvectors for g in plan.kgrids)
+        return dict(method="ewald", num_kvectors=round_capacity(need, 64))
+    return dict(method="pme", pme_mesh_shape=plan.mesh_shape)
+
+
+def _periodic_solver(plan, cells, num_slots, *, sigma, accuracy, num_kvectors, mesh):
+    """The stacked solver of the periodic group (leaves with a leading slot axis)."""
+    ref = np.tile(np.eye(3), (num_slots, 1, 1))
+    ref[: len(cells)] = cells  # padding slots: a unit cell, never checked
+    if plan.method == "ewald":
+        need_m = max(g.num_kvectors for g in plan.kgrids)
+        m = round_capacity(need_m, 64) if num_kvectors is None else int(num_kvectors)
+        if m < need_m:
+            raise ValueError(f"num_kvectors = {m} < {need_m} k-vectors of a graph")
+        indices = np.zeros((num_slots, m, 3), np.int32)
+        for s, grid in enumerate(plan.kgrids):
+            indices[s, : grid.num_kvectors] = grid.indices
+        first = plan.kgrids[0]
+        spec = dataclasses.replace(
+            first,
+            indices=jnp.asarray(indices),
+            k_cutoff=max(g.k_cutoff for g in plan.kgrids),
+            reference_cell=None,
         )
-    if method in ("auto", "pme"):
-        mesh = tuple(
-            int(x)
-            for x in np.max(
-                [
-                    pme.mesh_shape_for(
-                        c,
-                        order=pme_order,
-                        max_multipole_order=max_multipole_order,
-                        **kw,
-                    )
-                    for c in cells
-                ],
-                axis=0,
-            )
+    else:
+        spec = pme.PMESpec(
+            mesh_shape=mesh,
+            order=int(plan.pme_order),
+            sigma=float(sigma),
+            accuracy=float(accuracy),
         )
-    if method == "auto":
-        method = _cheaper_solver(int(atoms_per_graph), num_k, mesh)
-    if method == "ewald":
-        return dict(method="ewald", num_kvectors=round_capacity(num_k, 64))
-    return dict(method="pme", pme_mesh_shape=mesh)
+    return api.Solver(
+        plan.method,
+        spec,
+        jnp.asarray(ref),
+        float(sigma),
+        None if getattr(spec, "les_compat", False) else float(accuracy),
+        plan.max_cell_scale,
+    )
 
 
 def prepare_long_range(
@@ -272,6 +304,7 @@ def prepare_long_range(
     les_compat: bool = False,
     pme_order: int | None = None,
     partial_pbc: str = "error",
+    max_cell_scale: float = 1.0,
     num_periodic: int | None = None,
     num_free: int | None = None,
     atoms_per_graph: int | None = None,
@@ -284,15 +317,19 @@ def prepare_long_range(
         graph: padded ``Graph`` with concrete arrays (e.g. ``frames_to_graph``).
         sigma: pair-kernel width, A (kernel erf(r/(sqrt(2) sigma))/r).
         accuracy: relative accuracy of the k-space sums (as ``long_range``).
-        method: solver of the periodic graphs: ``"auto"`` (the cheaper of Ewald and PME
-            for the padded group, by ``api``'s measured cost model), ``"ewald"`` or
-            ``"pme"``; non-periodic graphs always use the all-pairs sum.
+        method: solver of the periodic graphs: ``"auto"`` (by
+            :func:`polmp.electrostatics.plan_solver` for the padded block),
+            ``"ewald"`` or ``"pme"``; non-periodic graphs always use the all-pairs
+            sum.
         max_multipole_order: 0 (q), 1 (q, mu) or 2 (q, mu, Theta): sets k_c / the mesh.
         les_compat: the reference implementation's truncated k-set (Ewald only).
-        pme_order: B-spline order of PME (default: 8 when quadrupoles are possible,
-            ``max_multipole_order`` 2, else 6: same accuracy on a far coarser mesh).
+        pme_order: B-spline order of PME (default: ``plan_solver``'s rule, 8 with
+            quadrupoles, else 6).
         partial_pbc: ``"error"`` (refuse graphs periodic in 1 or 2 directions) or
             ``"periodic"`` (treat them as 3D periodic with their cell).
+        max_cell_scale: s >= 1: the data stay converged for every cell' = cell @ F
+            of each graph with largest singular value of F <= s (NPT: the largest box
+            expected); ``check_long_range`` flags cells beyond.
         num_periodic: slots of the periodic group (default: the number of periodic
             graphs); fix it (and the next three) to pin shapes across batches.
         num_free: slots of the non-periodic group (default: their number).
@@ -309,22 +346,15 @@ def prepare_long_range(
 
     Raises:
         ValueError: bad method / options, a capacity too small, a partially periodic
-            graph with ``partial_pbc="error"``, or a graph with no padding atom/graph.
+            graph with ``partial_pbc="error"``, a k-set or mesh beyond the memory
+            guards, or a graph with no padding atom/graph.
     """
-    if pme_order is None:
-        pme_order = 8 if max_multipole_order >= 2 else 6
     if method not in PERIODIC_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {PERIODIC_METHODS}")
     if partial_pbc not in ("error", "periodic"):
         raise ValueError(
             f"partial_pbc must be 'error' or 'periodic', got {partial_pbc!r}"
         )
-    if les_compat:
-        if method == "pme":
-            raise ValueError(
-                "les_compat is the reference Ewald k-set: use method='ewald'"
-            )
-        method = "ewald"
     atom_graph = np.asarray(graph.atom_graph)
     atom_mask = np.asarray(graph.atom_mask)
     graph_mask = np.asarray(graph.graph_mask)
@@ -352,8 +382,6 @@ def prepare_long_range(
                 f"graph {g} is periodic along {pbc[g].tolist()} only; pass "
                 "partial_pbc='periodic' to treat it as 3D periodic (vacuum in its cell)"
             )
-    for g in periodic:
-        validate_cell(cells[g])
 
     p_index, p_atoms, p_mask = _group(
         periodic, atoms_of, num_periodic, atoms_per_graph, pad_atom, pad_graph
@@ -362,36 +390,21 @@ def prepare_long_range(
         free, atoms_of, num_free, atoms_per_graph, pad_atom, pad_graph
     )
 
-    kw = dict(sigma=float(sigma), accuracy=float(accuracy))
-    grids = (
-        [
-            kgrid.prepare_kgrid(
-                cells[g],
-                les_compat=les_compat,
-                max_multipole_order=max_multipole_order,
-                **kw,
-            )
-            for g in periodic
-        ]
-        if method in ("auto", "ewald")
-        else []
-    )
-    mesh = None
-    if periodic and method in ("auto", "pme"):
-        shapes = np.array(
-            [
-                pme.mesh_shape_for(
-                    cells[g],
-                    order=pme_order,
-                    max_multipole_order=max_multipole_order,
-                    **kw,
-                )
-                for g in periodic
-            ]
+    sigma, accuracy = float(sigma), float(accuracy)
+    if periodic:
+        plan = _plan(
+            cells[periodic],
+            p_atoms.shape[1],
+            method=method,
+            les_compat=les_compat,
+            pme_order=pme_order,
+            sigma=sigma,
+            accuracy=accuracy,
+            max_multipole_order=max_multipole_order,
+            max_cell_scale=max_cell_scale,
         )
-        # a finer mesh than a graph needs only improves it: one mesh for the group
-        mesh = tuple(int(x) for x in shapes.max(axis=0))
-        if pme_mesh_shape is not None:
+        mesh = plan.mesh_shape
+        if plan.method == "pme" and pme_mesh_shape is not None:
             pinned = tuple(int(x) for x in pme_mesh_shape)
             if len(pinned) != 3 or any(
                 p < m for p, m in zip(pinned, mesh, strict=True)
@@ -401,121 +414,85 @@ def prepare_long_range(
                     f"{mesh} a graph of this batch needs"
                 )
             mesh = pinned
-    if method == "auto":
-        if not periodic:
-            method = "ewald"
-        else:
-            num_k = max(grid.num_kvectors for grid in grids)
-            method = _cheaper_solver(p_atoms.shape[1], num_k, mesh)
-
-    pme_spec = None
-    kvectors = np.zeros((len(p_index), 0, 3), np.int32)
-    if method == "ewald" and periodic:
-        need_m = max(grid.num_kvectors for grid in grids)
-        m = round_capacity(need_m, 64) if num_kvectors is None else int(num_kvectors)
-        if m < need_m:
-            raise ValueError(f"num_kvectors = {m} < {need_m} k-vectors of a graph")
-        kvectors = np.zeros((len(p_index), m, 3), np.int32)
-        for s, grid in enumerate(grids):
-            kvectors[s, : grid.num_kvectors] = grid.indices
-    elif method == "pme" and periodic:
-        pme_spec = pme.PMESpec(
-            mesh_shape=mesh,
-            order=int(pme_order),
-            sigma=float(sigma),
-            accuracy=float(accuracy),
+        p_solver = _periodic_solver(
+            plan,
+            cells[periodic],
+            len(p_index),
+            sigma=sigma,
+            accuracy=accuracy,
+            num_kvectors=num_kvectors,
+            mesh=mesh,
         )
+    else:  # no periodic graph: an empty group, never run
+        kind = "pme" if method == "pme" else "ewald"
+        p_solver = api.Solver(kind, None, None, sigma, accuracy)
 
-    def group(index, atoms, mask, kvec):
+    def group(index, atoms, mask, solver):
         return LongRangeGroup(
             graph_index=jnp.asarray(index),
             atom_index=jnp.asarray(atoms),
             atom_mask=jnp.asarray(mask),
-            kvectors=jnp.asarray(kvec),
+            solver=solver,
         )
 
     return LongRangeData(
-        periodic=group(p_index, p_atoms, p_mask, kvectors),
-        free=group(f_index, f_atoms, f_mask, np.zeros((len(f_index), 0, 3), np.int32)),
-        sigma=float(sigma),
-        method=method,
-        pme_spec=pme_spec,
-        accuracy=float(accuracy),
+        periodic=group(p_index, p_atoms, p_mask, p_solver),
+        free=group(f_index, f_atoms, f_mask, api.prepare_direct(sigma=sigma)),
     )
 
 
 # ----------------------------------------------------------------------------- traced
 
 
-def _per_channel(fn, m: mp.Multipoles):
-    """vmap a single-channel ``fn(q, mu, theta)`` over the channel axis of m."""
-    axes = (1, None if m.mu is None else 1, None if m.theta is None else 1)
-    return jax.vmap(fn, in_axes=axes)(m.q, m.mu, m.theta)
+def _gather(group, positions, cell, outputs):
+    """Per-slot blocks of the solver arguments (channel form, model dtype)."""
+    dtype = positions.dtype
 
+    def cast(x):
+        return None if x is None else x.astype(dtype)
 
-def _elec_one(kind, data, positions, cell, m, mask, kvec):
-    """E_elec (C,), phi (n, C), field (n, C, 3) of one graph, self terms removed."""
-    sigma = data.sigma
-    if kind == "ewald":
-        return ewald.ewald_energy_potential_field(
-            positions, cell, m.q, m.mu, m.theta, kvec, sigma=sigma, atom_mask=mask
-        )
-    if kind == "pme":
-
-        def one(q, mu, theta):
-            e, phi, field = pme.pme_energy_potential_field(
-                positions,
-                cell,
-                q,
-                mu,
-                theta,
-                data.pme_spec,
-                sigma=sigma,
-                atom_mask=mask,
-            )
-            e = e - mp.self_energy(q, mu, theta, sigma=sigma, atom_mask=mask)
-            phi_s, field_s = mp.self_potential_field(q, mu, theta, sigma=sigma)
-            return e, phi - phi_s, field - field_s
-
-    else:  # non-periodic
-
-        def one(q, mu, theta):
-            kw = dict(sigma=sigma, atom_mask=mask)
-            e = direct.direct_energy(positions, q, mu, theta, **kw)
-            phi, field = direct.direct_potential_field(positions, q, mu, theta, **kw)
-            return e, phi, field
-
-    e, phi, field = _per_channel(one, m)  # (C,), (C, n), (C, n, 3)
-    phi, field = jnp.moveaxis(phi, 0, 1), jnp.moveaxis(field, 0, 1)
-    phi = jnp.where(mask[:, None], phi, 0.0)
-    field = jnp.where(mask[:, None, None], field, 0.0)
-    return e, phi, field
-
-
-def _group_long_range(kind, group, data, positions, cell, m, kappa, alpha, e_ext):
-    """Per-slot energies (K,) and block phi, field, dq, dmu of one group."""
+    m = mp.to_channels(cast(outputs.q), cast(outputs.mu), cast(outputs.theta))
     idx = group.atom_index  # (K, n)
 
     def take(x):
         return None if x is None else x[idx]
 
-    def one(pos, c, q, mu, theta, kap, alp, mask, kvec):
-        mg = mp.Multipoles(q, mu, theta, True)
-        e, phi, field = _elec_one(kind, data, pos, c, mg, mask, kvec)
-        res = response.one_shot_response(phi, field, kap, alp, e_ext, mask)
-        return jnp.sum(e) + res.u_q + res.u_mu, phi, field, res.dq, res.dmu
-
-    return jax.vmap(one)(
+    return (
         positions[idx],  # (K, n, 3)
-        cell[group.graph_index],  # (K, 3, 3)
+        cell.astype(dtype)[group.graph_index],  # (K, 3, 3)
         m.q[idx],  # (K, n, C)
         take(m.mu),
         take(m.theta),
-        take(kappa),
-        take(alpha),
+        take(cast(outputs.kappa)),
+        take(cast(outputs.alpha)),
         group.atom_mask,
-        group.kvectors,  # (K, M, 3)
     )
+
+
+def _groups(data):
+    return [g for g in (data.periodic, data.free) if g.num_slots > 0]
+
+
+def check_long_range(graph, positions, cell, outputs, data, *, e_ext=None) -> None:
+    """``checkify`` value checks of every graph's long-range inputs.  Jittable.
+
+    Runs :meth:`polmp.electrostatics.Solver.check_inputs` on each slot: NaN/inf
+    positions or latents, singular or left-handed cells, cells outside the range the
+    data were prepared for (``max_cell_scale``), asymmetric theta or alpha, non-PSD
+    alpha, negative kappa.  Must run under ``jax.experimental.checkify.checkify``;
+    padding atoms and slots are not checked.
+
+    Args:
+        graph, positions, cell, outputs, data, e_ext: as :func:`graph_long_range`.
+    """
+    if outputs.q is None:
+        return
+    for group in _groups(data):
+
+        def one(solver, pos, c, q, mu, theta, kap, alp, mask):
+            solver.check_inputs(pos, c, q, mu, theta, kap, alp, e_ext, mask)
+
+        jax.vmap(one)(group.solver, *_gather(group, positions, cell, outputs))
 
 
 def graph_long_range(
@@ -526,11 +503,13 @@ def graph_long_range(
     data: LongRangeData | None = None,
     *,
     e_ext: jax.Array | None = None,
+    check: bool = False,
 ) -> LongRangeOutputs:
     """E_lr per graph of the latents in ``outputs`` (module docstring).  Jittable.
 
     E_lr,g = E_elec[q, mu, Theta] + U_iq + U_iu with dq = -kappa phi and
-    dmu = alpha (E + E_ext) (method.md sections 3, 4, 6).
+    dmu = alpha (E + E_ext) (method.md sections 3, 4, 6), by one
+    :class:`~polmp.electrostatics.Solver` per graph (``jax.vmap`` over the slots).
 
     Args:
         graph: the padded ``Graph`` (masks, atom_graph).
@@ -541,6 +520,8 @@ def graph_long_range(
             e^2 A^2/eV.
         data: from :func:`prepare_long_range` for this graph (its static shapes).
         e_ext: Float[Array, '3'], uniform external field, V/A, or None.
+        check: add :func:`check_long_range`'s ``checkify`` checks (then run the
+            caller under ``checkify.checkify``).
 
     Returns:
         :class:`LongRangeOutputs` (energy (G,) eV; phi, field, dq, dmu on the flat
@@ -560,40 +541,37 @@ def graph_long_range(
     if outputs.q is None:  # variant "sr": nothing long-ranged
         zero = jnp.zeros((num_graphs,), dtype)
         return LongRangeOutputs(zero, None, None, None, None)
-    cell = cell.astype(dtype)
-
-    def cast(x):
-        return None if x is None else x.astype(dtype)
-
-    m = mp.to_channels(cast(outputs.q), cast(outputs.mu), cast(outputs.theta))
-    kappa, alpha = cast(outputs.kappa), cast(outputs.alpha)
-    c = m.num_channels
+    if check:
+        check_long_range(graph, positions, cell, outputs, data, e_ext=e_ext)
+    c = 1 if outputs.q.ndim == 1 else outputs.q.shape[1]
     energy = jnp.zeros((num_graphs,), dtype)
     phi = jnp.zeros((num_atoms, c), dtype)
     field = jnp.zeros((num_atoms, c, 3), dtype)
-    dq = None if kappa is None else jnp.zeros((num_atoms, c), dtype)
-    dmu = None if alpha is None else jnp.zeros((num_atoms, c, 3), dtype)
-    for kind, group in ((data.method, data.periodic), ("direct", data.free)):
-        if group.num_slots == 0:  # static: no graph of this kind in the batch
-            continue
-        e_g, phi_g, field_g, dq_g, dmu_g = _group_long_range(
-            kind, group, data, positions, cell, m, kappa, alpha, e_ext
-        )
+    dq = None if outputs.kappa is None else jnp.zeros((num_atoms, c), dtype)
+    dmu = None if outputs.alpha is None else jnp.zeros((num_atoms, c, 3), dtype)
+    for group in _groups(data):
+
+        def one(solver, pos, cel, q, mu, theta, kap, alp, mask):
+            return solver.long_range_fn(pos, cel, q, mu, theta, kap, alp, e_ext, mask)
+
+        out = jax.vmap(one)(group.solver, *_gather(group, positions, cell, outputs))
         # padding slots and entries carry exact zeros (masked in the solvers), so
         # scatter-adding them onto the padding graph / atom changes nothing real
-        energy = energy.at[group.graph_index].add(e_g)
+        energy = energy.at[group.graph_index].add(out.energy)
         idx = group.atom_index.reshape(-1)
-        phi = phi.at[idx].add(phi_g.reshape(-1, c))
-        field = field.at[idx].add(field_g.reshape(-1, c, 3))
+        phi = phi.at[idx].add(out.phi.reshape(-1, c))
+        field = field.at[idx].add(out.field.reshape(-1, c, 3))
         if dq is not None:
-            dq = dq.at[idx].add(dq_g.reshape(-1, c))
+            dq = dq.at[idx].add(out.dq.reshape(-1, c))
         if dmu is not None:
-            dmu = dmu.at[idx].add(dmu_g.reshape(-1, c, 3))
+            dmu = dmu.at[idx].add(out.dmu.reshape(-1, c, 3))
     energy = jnp.where(graph.graph_mask, energy, 0.0)
     return LongRangeOutputs(energy, phi, field, dq, dmu)
 
 
-def bind_long_range(data: LongRangeData, *, e_ext=None) -> Callable:
+def bind_long_range(
+    data: LongRangeData, *, e_ext=None, check: bool = False
+) -> Callable:
     """``graph_long_range`` with fixed ``data``: ``fn(graph, positions, cell, outputs)``
     (4 arguments).
 
@@ -603,12 +581,16 @@ def bind_long_range(data: LongRangeData, *, e_ext=None) -> Callable:
     Args:
         data: from :func:`prepare_long_range`.
         e_ext: Float[Array, '3'], V/A, or None.
+        check: add ``checkify`` value checks (:func:`check_long_range`); run the
+            caller under ``jax.experimental.checkify.checkify``.
 
     Returns:
         Callable ``(graph, positions, cell, outputs) -> LongRangeOutputs``.
     """
 
     def long_range_fn(graph, positions, cell, outputs):
-        return graph_long_range(graph, positions, cell, outputs, data, e_ext=e_ext)
+        return graph_long_range(
+            graph, positions, cell, outputs, data, e_ext=e_ext, check=check
+        )
 
     return long_range_fn

@@ -19,19 +19,21 @@ from scipy import integrate, special
 from polmp.electrostatics import kernels
 from polmp.electrostatics.direct import direct_energy, direct_potential_field
 from polmp.units import COULOMB, EPSILON0
+from tests.electrostatics import systems
 
 # ----------------------------------------------------------------------------- helpers
 
 
 def random_multipoles(rng, n, *, scale=2.0, traceless=True):
-    positions = rng.normal(size=(n, 3)) * scale
-    q = rng.normal(size=n)
-    mu = 0.4 * rng.normal(size=(n, 3))
-    theta = 0.3 * rng.normal(size=(n, 3, 3))
-    theta = theta + theta.transpose(0, 2, 1)
-    if traceless:
-        theta -= np.trace(theta, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3.0
-    return positions, q, mu, theta
+    return systems.random_multipoles(
+        rng,
+        n,
+        spread=scale,
+        neutral=False,
+        traceless=traceless,
+        mu_scale=0.4,
+        theta_scale=0.3,
+    )
 
 
 def numpy_charge_energy(positions, q, sigma):

@@ -17,6 +17,7 @@ import pytest
 
 from polmp.electrostatics import ewald, kgrid, multipoles
 from polmp.units import COULOMB, EPSILON0
+from tests.electrostatics.systems import random_multipoles
 from tests.utils import shared_path
 
 SIGMA = 1.0
@@ -28,16 +29,7 @@ TRICLINIC = np.array([[6.0, 0.0, 0.0], [1.2, 6.5, 0.0], [-0.8, 0.9, 7.0]])
 
 
 def random_system(rng, cell, n=10, *, traceless=True, neutral=True):
-    positions = rng.uniform(0.0, 1.0, (n, 3)) @ cell
-    q = rng.normal(size=n)
-    if neutral:
-        q -= q.mean()
-    mu = 0.3 * rng.normal(size=(n, 3))
-    theta = 0.2 * rng.normal(size=(n, 3, 3))
-    theta = theta + theta.transpose(0, 2, 1)
-    if traceless:
-        theta -= np.trace(theta, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3.0
-    return positions, q, mu, theta
+    return random_multipoles(rng, n, cell, traceless=traceless, neutral=neutral)
 
 
 def numpy_reference(positions, cell, q, mu, theta, sigma=SIGMA, n_max=11):

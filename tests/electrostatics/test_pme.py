@@ -27,6 +27,7 @@ from polmp.electrostatics.pme import (
     prepare_pme,
 )
 from polmp.units import EPSILON0
+from tests.electrostatics.systems import random_multipoles
 from tests.utils import shared_path
 
 SIGMA = 1.0
@@ -75,14 +76,7 @@ def ewald_reference(positions, cell, q, mu=None, theta=None, sigma=SIGMA, tail=1
 
 
 def random_system(rng, cell, n=24, terms="q+mu+theta", neutral=True):
-    positions = rng.uniform(0.0, 1.0, (n, 3)) @ cell
-    q = rng.normal(size=n)
-    if neutral:
-        q -= q.mean()
-    mu = 0.3 * rng.normal(size=(n, 3))
-    theta = 0.2 * rng.normal(size=(n, 3, 3))
-    theta = theta + theta.transpose(0, 2, 1)
-    theta -= np.trace(theta, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3.0
+    positions, q, mu, theta = random_multipoles(rng, n, cell, neutral=neutral)
     if "q" not in terms.split("+"):
         q = np.zeros(n)
     return (

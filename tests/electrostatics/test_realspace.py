@@ -27,6 +27,7 @@ from polmp.electrostatics.realspace import (
     realspace_potential_field,
 )
 from polmp.units import COULOMB, EPSILON0
+from tests.electrostatics.systems import random_multipoles
 from tests.utils import shared_path
 
 #: Wigner/Madelung constant of the simple cubic lattice (self-image energy of a unit
@@ -75,14 +76,7 @@ def split_energy(positions, cell, q, mu, theta, pairs, sigma, sigma_split, n_max
 
 def random_cell_system(rng, n=6, charged=True):
     cell = np.array([[7.0, 0.0, 0.0], [1.2, 6.5, 0.0], [-0.8, 0.9, 7.4]])
-    positions = rng.uniform(size=(n, 3)) @ cell
-    q = rng.normal(size=n)
-    if not charged:
-        q -= q.mean()
-    mu = 0.3 * rng.normal(size=(n, 3))
-    theta = 0.2 * rng.normal(size=(n, 3, 3))
-    theta = theta + theta.transpose(0, 2, 1)
-    theta -= np.trace(theta, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3
+    positions, q, mu, theta = random_multipoles(rng, n, cell, neutral=not charged)
     return positions, cell, q, mu, theta
 
 

@@ -11,25 +11,14 @@ import pytest
 
 from polmp.electrostatics import ewald, kgrid, response
 from polmp.units import COULOMB
+from tests.electrostatics.systems import random_multipoles, random_psd
 
 SIGMA = 1.0
 CELL = np.array([[7.0, 0.0, 0.0], [0.8, 7.5, 0.0], [-0.5, 0.6, 8.0]])
 
 
 def system(rng, n=10):
-    positions = rng.uniform(0, 1, (n, 3)) @ CELL
-    q = rng.normal(size=n)
-    q -= q.mean()
-    mu = 0.3 * rng.normal(size=(n, 3))
-    theta = 0.2 * rng.normal(size=(n, 3, 3))
-    theta = theta + theta.transpose(0, 2, 1)
-    theta -= np.trace(theta, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3
-    return positions, q, mu, theta
-
-
-def random_psd(rng, n, scale=0.05):
-    a = rng.normal(size=(n, 3, 3))
-    return scale * (np.einsum("nab,ncb->nac", a, a) + 0.1 * np.eye(3))
+    return random_multipoles(rng, n, CELL)
 
 
 def test_formulas_scalar_and_tensor(x64, rng):

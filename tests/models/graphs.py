@@ -10,6 +10,7 @@ from polmp.geometry.graph import Graph
 from polmp.geometry.neighbors import neighbor_pairs
 from polmp.models.heads import AtomicOutputs
 from polmp.models.long_range import graph_long_range
+from tests.electrostatics.systems import random_psd
 
 
 def make_graph(
@@ -83,8 +84,7 @@ def random_latents(rng, graph, channels=2):
     a = rng.normal(size=(n, 3, 3))
     theta = a + np.swapaxes(a, 1, 2)
     theta -= np.trace(theta, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3
-    v = rng.normal(size=(n, 3, 3))
-    alpha = 0.02 * (np.einsum("nab,ncb->nac", v, v) + np.eye(3))
+    alpha = random_psd(rng, n, 0.02, shift=1.0)
     return AtomicOutputs(
         energy=m(np.zeros(n)),
         q=m(0.5 * rng.normal(size=(n, channels))),

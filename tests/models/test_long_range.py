@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import ase.io
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import checkify
 
 from polmp.data.batching import Batch, frames_to_batch, frames_to_graph
 from polmp.data.schema import Frame
@@ -115,6 +117,61 @@ def test_batch_equals_long_range_per_graph(x64, rng):
     assert float(out.energy[len(frames)]) == 0.0
     for name in ("phi", "field", "dq", "dmu"):
         np.testing.assert_array_equal(getattr(out, name)[start:], 0.0)
+
+
+@pytest.mark.parametrize("method", ["ewald", "pme"])
+def test_adapter_runs_the_solver_of_each_graph(x64, rng, method):
+    """gather -> vmap(solver) -> scatter: for every graph of a padded batch the same
+    E, phi, field, dq, dmu as long_range on that graph alone (two channels, theta,
+    tensor alpha; the molecule through the direct sum)."""
+    frames = _small_frames(rng)
+    graph = frames_to_graph(frames, CUTOFF, num_atoms=12, num_graphs=4)
+    data = prepare_long_range(graph, accuracy=ACCURACY, method=method)
+    assert data.method == method
+    outputs = random_latents(rng, graph)
+    out = jax.jit(graph_long_range)(graph, graph.positions, graph.cell, outputs, data)
+    refs = _per_graph_reference(frames, outputs, graph, method=method)
+    start = 0
+    for g, (frame, ref) in enumerate(zip(frames, refs, strict=True)):
+        sl = slice(start, start + frame.num_atoms)
+        start += frame.num_atoms
+        np.testing.assert_allclose(out.energy[g], ref.energy, rtol=1e-12)
+        for name in ("phi", "field", "dq", "dmu"):
+            got, want = getattr(out, name)[sl], getattr(ref, name)
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13, err_msg=name)
+    np.testing.assert_array_equal(out.energy[2:], 0.0)
+
+
+def test_check_long_range_flags_bad_inputs(x64, rng):
+    """checkify checks per graph: NaN positions, a cell outside the prepared range,
+    negative kappa; padding atoms and slots are not flagged."""
+    frames = _small_frames(rng)
+    graph = frames_to_graph(frames, CUTOFF, num_atoms=12, num_graphs=4)
+    data = prepare_long_range(graph, accuracy=ACCURACY, max_cell_scale=1.05)
+    outputs = random_latents(rng, graph)
+
+    def energy(positions, cell, kappa):
+        lat = dataclasses.replace(outputs, kappa=kappa)
+        return graph_long_range(graph, positions, cell, lat, data, check=True).energy
+
+    checked = jax.jit(checkify.checkify(energy))
+    args = (graph.positions, graph.cell, outputs.kappa)
+    err, e = checked(*args)
+    err.throw()
+    plain = jax.jit(graph_long_range)(graph, *args[:2], outputs, data).energy
+    np.testing.assert_array_equal(e, plain)
+    stretched = graph.cell.at[0].multiply(1.04)  # inside the range
+    checked(graph.positions, stretched, outputs.kappa)[0].throw()
+    bad = [
+        ("NaN", (graph.positions.at[1, 0].set(jnp.nan), *args[1:])),
+        ("leaves the range", (args[0], graph.cell.at[0].multiply(1.5), args[2])),
+        ("kappa must be >= 0", (*args[:2], -outputs.kappa)),
+    ]
+    for match, a in bad:
+        with pytest.raises(Exception, match=match):
+            checked(*a)[0].throw()
+    # a NaN on a padding atom is not an error
+    checked(graph.positions.at[-1, 0].set(jnp.nan), *args[1:])[0].throw()
 
 
 @pytest.mark.slow
