@@ -278,7 +278,11 @@ def neighbor_list(
             return s - jnp.floor(s)
 
         def jax_md_box(box):
-            return {} if box is None else {"box": _upper_triangular_traced(box_to_cell(box))}
+            return (
+                {}
+                if box is None
+                else {"box": _upper_triangular_traced(box_to_cell(box))}
+            )
 
         def allocate(positions, extra_capacity=0, box=None, **kwargs):
             del kwargs

@@ -225,7 +225,9 @@ def bind(
         )
     lo, hi = (float(x) for x in box_scale_range)
     if not 0 < lo <= 1 <= hi:
-        raise ValueError(f"box_scale_range must satisfy 0 < lo <= 1 <= hi, got {(lo, hi)}")
+        raise ValueError(
+            f"box_scale_range must satisfy 0 < lo <= 1 <= hi, got {(lo, hi)}"
+        )
     periodic = box is not None
     if fractional_coordinates and not periodic:
         raise ValueError("fractional_coordinates needs a periodic box")
@@ -272,7 +274,9 @@ def bind(
         dtype = R.dtype
         if not periodic:
             if box is not None:
-                raise ValueError("a box was passed to the energy of a free-space system")
+                raise ValueError(
+                    "a box was passed to the energy of a free-space system"
+                )
             return R, None
         cell_now = box_to_cell(jnp.asarray(box_np if box is None else box, dtype))
         if fractional_coordinates:
@@ -336,9 +340,7 @@ def bind(
         tol = 1e-9 if c.dtype == jnp.float64 else 1e-5
         return (sv.min() < lo * (1 - tol)) | (sv.max() > hi * (1 + tol))
 
-    def energy_fn(
-        R, neighbor=None, box=None, perturbation=None, e_ext=None, **kwargs
-    ):
+    def energy_fn(R, neighbor=None, box=None, perturbation=None, e_ext=None, **kwargs):
         unexpected = set(kwargs) - INTEGRATOR_KEYWORDS
         if unexpected:
             raise TypeError(

@@ -230,7 +230,9 @@ def make_energy_fn(
             deform = eye + strain  # (G, 3, 3)
             pos = jnp.einsum("na,nab->nb", positions, deform[graph.atom_graph])
             c = jnp.einsum("gia,gab->gib", cell, deform)
-            energy = energy_fn(params, graph, pos, c, long_range=long_range, e_ext=e_ext)
+            energy = energy_fn(
+                params, graph, pos, c, long_range=long_range, e_ext=e_ext
+            )
             return jnp.sum(energy), energy
 
         strain = jnp.zeros((graph.num_graphs, 3, 3), positions.dtype)
