@@ -264,7 +264,9 @@ def bind(
     def params_for(dtype):
         key = jnp.dtype(dtype).name
         if key not in params_by_dtype:
-            params_by_dtype[key] = trained.cast(dtype).params
+            # concrete even when first asked for inside a trace (no leaked tracers)
+            with jax.ensure_compile_time_eval():
+                params_by_dtype[key] = trained.cast(dtype).params
         return params_by_dtype[key]
 
     inverse_ref = None if cell is None else np.linalg.inv(cell)

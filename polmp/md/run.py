@@ -177,10 +177,13 @@ def run_chunked(
 
         bar = tqdm(total=num_steps, unit="step")
     for start in range(0, num_steps, chunk_steps):
-        for _ in range(max_reallocations + 1):
+        for attempt in range(max_reallocations + 1):
             new_state, new_neighbor, records = chunk_fn(state, neighbor)
+            finite = bool(np.all(np.isfinite(np.asarray(new_state.position))))
             if not bool(list_overflowed(new_neighbor)):
                 break
+            if not finite and attempt > 0:
+                break  # a fresh list did not help: the system is exploding
             # Redo the chunk from its start with a list sized for the current positions;
             # if the system compresses further during the chunk this repeats.
             reallocations += 1
@@ -189,12 +192,12 @@ def run_chunked(
         else:
             raise RuntimeError(
                 f"neighbour list still overflows after {max_reallocations} reallocations "
-                f"at step {start}; the system may be exploding"
+                f"at step {first_step + start}; the system may be exploding"
             )
         host_records = (
             None if record_fn is None else jax.tree_util.tree_map(np.asarray, records)
         )
-        if not np.all(np.isfinite(np.asarray(new_state.position))):
+        if not finite:
             _blow_up(
                 first_step + start, chunk_steps, record_every, chunks, host_records
             )

@@ -123,6 +123,8 @@ def test_bad_md_configs():
     with pytest.raises(ValueError, match="multiple of chunk_steps"):
         MDConfig(num_steps=150, chunk_steps=100)
     with pytest.raises(ValueError, match="ensemble"):
-        MDConfig(ensemble="npt")
+        MDConfig(ensemble="npt_berendsen")
+    with pytest.raises(ValueError, match="box_scale_range"):
+        MDConfig(box_scale_range=(1.1, 1.2))
     with pytest.raises(ValueError, match="record_every"):
         MDConfig(chunk_steps=100, record_every=3)
