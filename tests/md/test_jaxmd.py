@@ -16,15 +16,15 @@ from polmp.data.batching import frames_to_graph
 from polmp.data.water import water_box
 from polmp.md.jaxmd import bind, thermal_energy, timestep, unwrapped_shift
 from polmp.md.run import run_chunked
+from polmp.models.long_range import prepare_long_range
+from polmp.observables.polarization import born_charges, total_latents
+from polmp.training.trained import TrainedModel, energy_fns_of
+from tests.training.morse import tiny_latent_model
 
 # jax-md 0.2.29 scatters int64 into int32 buffers under x64 (its code, harmless).
 pytestmark = pytest.mark.filterwarnings(
     "ignore:scatter inputs have incompatible types:FutureWarning"
 )
-from polmp.models.long_range import prepare_long_range
-from polmp.observables.polarization import born_charges, total_latents
-from polmp.training.trained import TrainedModel, energy_fns_of
-from tests.training.morse import tiny_latent_model
 
 SKIN = 0.3
 
