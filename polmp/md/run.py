@@ -144,7 +144,7 @@ def run_chunked(
         chunk_steps: steps per jitted chunk (one compile for all chunks).
         record_fn: optional ``(state, nbrs) -> pytree`` recorded every ``record_every`` steps.
         record_every: recording interval in steps.
-        max_reallocations: give up (RuntimeError) after this many reallocations of one chunk.
+        max_reallocations: give up (``MDBlowUp``) after this many reallocations of one chunk.
         progress: show a tqdm progress bar.
         on_chunk: optional host callback ``on_chunk(step, state, records)`` after each
             accepted chunk (e.g. to write a trajectory).
@@ -179,7 +179,7 @@ def run_chunked(
     for start in range(0, num_steps, chunk_steps):
         for attempt in range(max_reallocations + 1):
             new_state, new_neighbor, records = chunk_fn(state, neighbor)
-            finite = bool(np.all(np.isfinite(np.asarray(new_state.position))))
+            finite = _finite(new_state, records)
             if not bool(list_overflowed(new_neighbor)):
                 break
             if not finite and attempt > 0:
@@ -190,9 +190,14 @@ def run_chunked(
             kw = {} if box_fn is None else {"box": box_fn(state)}
             neighbor = neighbor_fns.allocate(state.position, **kw)
         else:
-            raise RuntimeError(
-                f"neighbour list still overflows after {max_reallocations} reallocations "
-                f"at step {first_step + start}; the system may be exploding"
+            raise MDBlowUp(
+                f"MD blew up: the neighbour list still overflows after "
+                f"{max_reallocations} reallocations in the chunk starting at step "
+                f"{first_step + start} (atoms pile up); the time step may be too large "
+                "or the structure unphysical",
+                first_step + start + chunk_steps,
+                first_step + start,
+                _stack(chunks),
             )
         host_records = (
             None if record_fn is None else jax.tree_util.tree_map(np.asarray, records)
@@ -216,6 +221,15 @@ def run_chunked(
         records=_stack(chunks),
         num_reallocations=reallocations,
     )
+
+
+def _finite(state, records) -> bool:
+    """Positions, momenta and records are all finite (host)."""
+    arrays = [state.position]
+    if getattr(state, "momentum", None) is not None:
+        arrays.append(state.momentum)
+    arrays += jax.tree_util.tree_leaves(records)
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in arrays)
 
 
 def _stack(chunks):

@@ -71,6 +71,7 @@ class MDRun:
         timings: compile and steady-state wall times, steps/s, atom-steps/s.
         num_reallocations: neighbour-list reallocations (the chunk was redone).
         final_state: the jax-md integrator state after the last step.
+        summary: what md.json holds (mean temperature, drift, density, ...).
     """
 
     output_dir: str
@@ -78,6 +79,7 @@ class MDRun:
     timings: dict
     num_reallocations: int
     final_state: object = None
+    summary: dict | None = None
 
 
 def load_structure(spec: str, frame_index: int = 0) -> Frame:
@@ -393,7 +395,7 @@ def run_md(
         if steady_steps
         else float("nan"),
     )
-    records = _write_outputs(
+    records, summary = _write_outputs(
         config,
         frame,
         trained,
@@ -401,12 +403,14 @@ def run_md(
         output_dir,
         dict(num_reallocations=reallocations, timings=timings),
     )
-    return MDRun(str(output_dir), records, timings, reallocations, result.state)
+    return MDRun(
+        str(output_dir), records, timings, reallocations, result.state, summary
+    )
 
 
 def _write_outputs(config, frame, trained, records, output_dir, summary) -> dict:
-    """observables.npz, trajectory.extxyz and md.json of the records; the records
-    (time axis added, positions and cells moved out) are returned."""
+    """observables.npz, trajectory.extxyz and md.json of the records; returns the
+    records (time axis added, positions moved out) and the md.json summary."""
     num_records = len(records["potential_energy"])
     records["time_fs"] = (
         np.arange(1, num_records + 1) * config.record_every * config.timestep_fs
@@ -443,4 +447,4 @@ def _write_outputs(config, frame, trained, records, output_dir, summary) -> dict
         )
     with open(output_dir / "md.json", "w") as handle:
         json.dump(summary, handle, indent=2)
-    return records
+    return records, summary

@@ -146,7 +146,7 @@ def test_blow_up_stops_with_the_step_and_keeps_earlier_records(x64):
     record = lambda s, n: energy_fn(s.position, neighbor=n)  # noqa: E731
     kw = dict(chunk_steps=20, record_fn=record, record_every=5)
     good = run_chunked(good_step, state, neighbor_fns, nbrs, num_steps=40, **kw)
-    with pytest.raises(MDBlowUp, match=r"non-finite \(NaN/inf\) at step \d+") as info:
+    with pytest.raises(MDBlowUp, match="MD blew up") as info:
         run_chunked(
             bad_step,
             good.state,

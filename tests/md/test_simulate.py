@@ -1,6 +1,7 @@
 """run_md: a trained model's MD with Pdot and alpha_sys recorded in the same scan."""
 
 import dataclasses
+import json
 import pathlib
 
 import jax
@@ -13,6 +14,7 @@ from polmp.cli.main import main
 from polmp.config.schema import LongRangeConfig, MDConfig, RunConfig
 from polmp.data.batching import frames_to_graph
 from polmp.data.water import water_box
+from polmp.md.run import MDBlowUp
 from polmp.md.simulate import run_md
 from polmp.models.long_range import prepare_long_range
 from polmp.observables.polarization import born_charges, total_latents
@@ -117,6 +119,31 @@ def test_files_and_spectra_cli(setup, capsys):
     assert {"wavenumber_cm", "ir", "raman_iso", "raman_aniso"} <= set(spectra)
     assert np.trapezoid(spectra["ir"], spectra["wavenumber_cm"]) == pytest.approx(1.0)
     assert "IR" not in capsys.readouterr().err
+
+
+def test_blow_up_stops_with_an_error_and_keeps_what_came_before(setup, tmp_path):
+    """timestep_fs=50: was all-NaN observables and exit 0; now MDBlowUp naming the
+    step, with only finite records (if any) written before it."""
+    frame, trained, _, _ = setup
+    config = MDConfig(
+        ensemble="nve",
+        timestep_fs=50.0,
+        num_steps=100,
+        chunk_steps=20,
+        record_every=4,
+        trajectory_every=0,
+        observables=False,
+        precision="float64",
+        progress_bar=False,
+        output_dir=str(tmp_path / "blow"),
+    )
+    with pytest.raises(MDBlowUp, match=r"MD blew up.*step \d+"):
+        run_md(config, trained=trained, frame=frame)
+    summary = json.loads((tmp_path / "blow" / "md.json").read_text())
+    assert "blew up" in summary["error"]
+    npz = tmp_path / "blow" / "observables.npz"
+    if npz.exists():
+        assert np.isfinite(np.load(npz)["potential_energy"]).all()
 
 
 def test_bad_md_configs():
