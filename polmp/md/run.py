@@ -40,7 +40,8 @@ class MDBlowUp(RuntimeError):
     Attributes:
         step: the first step known to be non-finite (a record's step, or the end of
             the chunk).
-        last_good_step: the step of the last finite state that was kept.
+        last_good_step: records are kept up to this step (the last state known
+            finite).
         records: the stacked records of the accepted chunks before the blow-up, plus
             the finite records of the failing chunk (or None).
     """
@@ -241,6 +242,7 @@ def _stack(chunks):
 def _blow_up(start, chunk_steps, record_every, chunks, records):
     """Raise ``MDBlowUp`` for the chunk starting at step ``start``."""
     step = start + chunk_steps
+    last_good = start  # the chunk's start state is the last one known finite
     kept = list(chunks)
     if records is not None:
         leaves = jax.tree_util.tree_leaves(records)
@@ -251,15 +253,15 @@ def _blow_up(start, chunk_steps, record_every, chunks, records):
         if bad.size:
             step = start + (int(bad[0]) + 1) * record_every
             good = int(bad[0])
+            last_good = step - record_every
             if good:
                 kept.append(jax.tree_util.tree_map(lambda x: x[:good], records))
-    last_good = start if records is None else step - record_every
     raise MDBlowUp(
-        f"MD blew up: the state is non-finite (NaN/inf) at step {step} (last finite "
-        f"state kept: step {max(last_good, start)}); the time step may be too large, "
+        f"MD blew up: the state is non-finite (NaN/inf) at step {step} (records "
+        f"are kept up to step {last_good}); the time step may be too large, "
         "the structure unphysical, or (NPT) the box left the range the model was "
         "prepared for",
         step,
-        max(last_good, start),
+        last_good,
         _stack(kept),
     )

@@ -22,6 +22,16 @@ from polmp.training.trained import TrainedModel, energy_fns_of
 from tests.training.morse import tiny_latent_model
 
 MODEL = tiny_latent_model()
+BASE = dict(
+    ensemble="nve",
+    timestep_fs=0.25,
+    num_steps=40,
+    chunk_steps=20,
+    record_every=4,
+    trajectory_every=8,
+    precision="float64",
+    progress_bar=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +46,7 @@ def setup(tmp_path_factory):
     graph = frames_to_graph([frame], cutoff=MODEL.cutoff_A)
     params = jax.jit(fns.model.init)(jax.random.PRNGKey(0), graph)
     trained = TrainedModel(config, params, fns, "test")
-    base = dict(
-        ensemble="nve",
-        timestep_fs=0.25,
-        num_steps=40,
-        chunk_steps=20,
-        record_every=4,
-        trajectory_every=8,
-        precision="float64",
-        progress_bar=False,
-    )
+    base = BASE
     root = tmp_path_factory.mktemp("md")
     with_obs = run_md(
         MDConfig(**base, output_dir=str(root / "obs")), trained=trained, frame=frame
@@ -126,15 +127,8 @@ def test_blow_up_stops_with_an_error_and_keeps_what_came_before(setup, tmp_path)
     step, with only finite records (if any) written before it."""
     frame, trained, _, _ = setup
     config = MDConfig(
-        ensemble="nve",
-        timestep_fs=50.0,
-        num_steps=100,
-        chunk_steps=20,
-        record_every=4,
-        trajectory_every=0,
+        **{**BASE, "timestep_fs": 50.0, "num_steps": 100, "trajectory_every": 0},
         observables=False,
-        precision="float64",
-        progress_bar=False,
         output_dir=str(tmp_path / "blow"),
     )
     with pytest.raises(MDBlowUp, match=r"MD blew up.*step \d+"):
