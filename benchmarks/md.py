@@ -33,7 +33,7 @@ the first (which holds the compilation), so ms/step excludes compilation.
 
 Peer, measured in the same run: the ratios (full+obs)/full (the issue's target: at
 most 1.5) and full/sr, and one jitted energy + forces call of the same bound model
-(``jax.jit(jax.value_and_grad(energy_fn))`` of ``polmp.md.jaxmd.bind``'s function,
+(``jax.jit(jax.value_and_grad(energy_fn))`` of the front door ``polmp.md.jaxmd.bind``,
 median of ``--repeats`` calls after compilation), so the MD step's overhead over a
 force call shows.
 
@@ -62,7 +62,7 @@ from polmp.config.loader import load_config
 from polmp.config.schema import MDConfig, RunConfig
 from polmp.data.batching import frames_to_graph
 from polmp.data.water import water_box
-from polmp.md import simulate
+from polmp.md import jaxmd, simulate
 from polmp.md.simulate import run_md
 from polmp.training.trained import TrainedModel, energy_fns_of
 
@@ -82,11 +82,20 @@ def make_model(variant: str) -> TrainedModel:
     return TrainedModel(config, params, fns, f"untrained:{variant}")
 
 
+def _bind(trained: TrainedModel, frame, skin: float):
+    """The front door as ``run_md`` uses it for NVT (fixed box)."""
+    return jaxmd.bind(
+        trained.cast(jax.numpy.float32),
+        frame.cell.T,
+        frame.numbers,
+        skin=skin,
+        box_scale_range=(1.0, 1.0),
+    )
+
+
 def long_range_of(trained: TrainedModel, frame, skin: float) -> str:
     """E_lr solver that ``run_md`` prepares for ``frame`` (same options, same list)."""
-    data = simulate.bind_model(
-        trained, frame, skin_A=skin, dtype=jax.numpy.float32
-    ).long_range_data
+    data = _bind(trained, frame, skin).long_range_data
     if data.method == "pme":
         mesh = "x".join(map(str, data.pme_spec.mesh_shape))
         return f"pme order {data.pme_spec.order} mesh {mesh}"
@@ -95,8 +104,10 @@ def long_range_of(trained: TrainedModel, frame, skin: float) -> str:
 
 def force_call_ms(trained: TrainedModel, frame, repeats: int, skin: float) -> float:
     """Median ms of one jitted energy + forces call of the bound model (after compile)."""
-    bound = simulate.bind_model(trained, frame, skin_A=skin, dtype=jax.numpy.float32)
-    positions, nbrs, energy_fn = bound.positions, bound.neighbors, bound.energy_fn
+    bound = _bind(trained, frame, skin)
+    positions = jax.numpy.asarray(frame.positions, jax.numpy.float32)
+    nbrs = bound.neighbor_fn.allocate(positions)
+    energy_fn = bound.energy_fn
     call = jax.jit(jax.value_and_grad(energy_fn))
     jax.block_until_ready(call(positions, nbrs))  # compile + warm-up
     walls, cpus = [], []

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from polmp import units
 from polmp.ase import Calculator
 from polmp.data.batching import frames_to_graph
 from polmp.data.water import water_box
@@ -67,3 +68,85 @@ def test_charges_dipole_and_born_charges(calc_and_ref):
             - minus.calc.get_property("dipole", minus)
         ) / (2 * h)
         np.testing.assert_allclose(z[i, :, b], dp, rtol=1e-5, atol=1e-8)
+
+
+def test_polarizability_property(calc_and_ref):
+    atoms, fns, graph, params = calc_and_ref
+    data = prepare_long_range(graph, **LR)
+    alpha = fns.outputs_fn(params, graph, long_range=data).alpha[: len(atoms)]
+    expected = 1.78 * units.COULOMB * float(alpha.sum()) * np.eye(3)
+    np.testing.assert_allclose(
+        atoms.calc.get_property("polarizability", atoms), expected, rtol=1e-10
+    )
+
+
+def test_born_charges_only_when_asked(calc_and_ref):
+    atoms, *_ = calc_and_ref
+    atoms.get_forces()
+    assert "bec" not in atoms.calc.results
+    assert atoms.calc.get_property("bec", atoms).shape == (len(atoms), 3, 3)
+
+
+def test_unknown_element_is_a_clear_error(calc_and_ref):
+    atoms, *_ = calc_and_ref
+    atoms.numbers[0] = 11  # Na: the model knows H and O only
+    with pytest.raises(ValueError, match=r"Na \(Z=11\).*H \(Z=1\), O \(Z=8\)"):
+        atoms.get_potential_energy()
+
+
+def test_md_steps_share_compiled_shapes(calc_and_ref):
+    """Edge counts change at almost every MD step; capacities are bucketed."""
+    atoms, *_ = calc_and_ref
+    compiled = atoms.calc._fns["energy_forces_stress"]
+    rng = np.random.default_rng(0)
+    atoms.get_potential_energy()
+    before = compiled._cache_size()
+    counts = set()
+    for _ in range(6):
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        atoms.get_forces()
+        counts.add(int(np.asarray(atoms.calc._graph(atoms)[0].edge_mask).sum()))
+    assert len(counts) > 1  # the pair count did change
+    assert compiled._cache_size() - before <= 1
+    # a second calculator of the same model reuses the compiled functions
+    other = Calculator(CONFIG, atoms.calc.params, long_range_options=LR, eps_e=1.78)
+    assert other._fns["energy_forces_stress"] is compiled
+
+
+def test_default_dtype_works_without_x64():
+    assert not jax.config.jax_enable_x64
+    frame = water_box(2, seed=3)
+    fns = make_energy_fn(CONFIG, long_range_fn=graph_long_range)
+    graph = frames_to_graph([frame], cutoff=CONFIG.cutoff_A)
+    params = jax.jit(fns.model.init)(jax.random.PRNGKey(0), graph)
+    atoms = ase.Atoms(
+        numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True
+    )
+    atoms.calc = Calculator(CONFIG, params, long_range_options=LR)
+    assert np.isfinite(atoms.get_potential_energy())
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+        Calculator(CONFIG, params, dtype=np.float64)
+
+
+def test_from_trained(x64):
+    from polmp.config.schema import LongRangeConfig, RunConfig
+    from polmp.training.trained import TrainedModel, energy_fns_of
+
+    frame = water_box(2, seed=3)
+    fns = energy_fns_of(CONFIG)
+    graph = frames_to_graph([frame], cutoff=CONFIG.cutoff_A)
+    params = jax.jit(fns.model.init)(jax.random.PRNGKey(0), graph)
+    config = RunConfig(
+        model=CONFIG,
+        long_range=LongRangeConfig(sigma_A=1.0, accuracy=1e-8, method="ewald"),
+    )
+    trained = TrainedModel(config, params, fns, "tiny")
+    atoms = ase.Atoms(
+        numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True
+    )
+    atoms.calc = Calculator.from_trained(trained)
+    data = prepare_long_range(graph, **LR)
+    e = fns.energy_fn(params, graph, long_range=data)[0]
+    assert atoms.get_potential_energy() == pytest.approx(float(e), rel=1e-10)
+    with pytest.raises(FileNotFoundError):
+        Calculator.from_trained("/nonexistent/model")

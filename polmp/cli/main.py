@@ -303,6 +303,8 @@ def run_md_verb(args: argparse.Namespace) -> int:
         f"after a first chunk of {t['first_chunk_s']:.1f} s (compile), "
         f"{result.num_reallocations} neighbour-list reallocations"
     )
+    if result.summary and "mean_density_g_per_cm3" in result.summary:
+        print(f"mean density {result.summary['mean_density_g_per_cm3']:.4f} g/cm^3")
     return 0
 
 

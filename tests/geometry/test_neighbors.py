@@ -11,6 +11,7 @@ from ase.build import molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from polmp.geometry.neighbors import (
+    list_overflowed,
     neighbor_edges,
     neighbor_list,
     neighbor_pairs,
@@ -256,3 +257,60 @@ def test_neighbor_edges_rejects_half_lists(rng):
     fns = neighbor_list(3.0, format="ordered_sparse")
     with pytest.raises(ValueError, match="Sparse"):
         neighbor_edges(fns.allocate(positions), jnp.asarray(positions))
+
+
+@pytest.mark.parametrize("path", ["fns.update", "nbrs.update", "jit nbrs.update"])
+def test_all_jax_md_update_paths_give_the_host_list(x64, rng, path):
+    """jax-md's contract: fns.update(R, nbrs) == nbrs.update(R) == allocate(R),
+    after large (unwrapped) moves, against the host list (vesin)."""
+    positions = rng.uniform(size=(150, 3)) @ TRICLINIC
+    fns = neighbor_list(4.0, TRICLINIC, skin=0.5)
+    nbrs = fns.allocate(positions)
+    for k in range(3):  # every atom moves ~1.5 A, some across the cell
+        moved = positions + 1.5 * rng.normal(size=positions.shape) + k * TRICLINIC[0]
+        r = jnp.asarray(moved)
+        if path == "fns.update":
+            nbrs = fns.update(r, nbrs)
+        elif path == "nbrs.update":
+            nbrs = nbrs.update(r)
+        else:
+            nbrs = jax.jit(lambda r, n: n.update(r))(r, nbrs)
+        if nbrs.did_buffer_overflow:
+            nbrs = fns.allocate(moved)
+        edges = neighbor_edges(nbrs, r, jnp.asarray(TRICLINIC))
+        within = {e for e in _edge_set(*edges) if _length(e, moved, TRICLINIC) < 4.0}
+        assert within == _host_set(moved, TRICLINIC, True, 4.0)
+        fresh = fns.allocate(moved)
+        edges = neighbor_edges(fresh, r, jnp.asarray(TRICLINIC))
+        assert {
+            e for e in _edge_set(*edges) if _length(e, moved, TRICLINIC) < 4.0
+        } == within
+
+
+def _length(edge, positions, cell):
+    i, j, shift = edge
+    return np.linalg.norm(positions[j] - positions[i] + np.asarray(shift) @ cell)
+
+
+@pytest.mark.parametrize("fractional", [False, True])
+def test_update_with_a_new_box(x64, rng, fractional):
+    """A shrinking box (NPT) rebuilds the list; overflow is flagged, never dropped."""
+    box = 14.0 * np.eye(3)
+    s = rng.uniform(size=(200, 3))
+    fns = neighbor_list(3.0, box, skin=0.5, fractional_coordinates=fractional)
+    nbrs = fns.allocate(s if fractional else s @ box)
+    for scale in (0.97, 0.9):
+        cell = scale * box
+        r = s if fractional else s @ cell
+        new = fns.update(jnp.asarray(r), nbrs, box=jnp.asarray(cell.T))
+        if scale == 0.9:  # 37 % more pairs than the buffer was sized for
+            assert bool(list_overflowed(new))
+        if bool(list_overflowed(new)):
+            new, reallocated = update_or_reallocate(
+                fns, jnp.asarray(r), nbrs, box=jnp.asarray(cell.T)
+            )
+            assert reallocated and not bool(list_overflowed(new))
+        cartesian = s @ cell
+        edges = neighbor_edges(new, jnp.asarray(cartesian), jnp.asarray(cell))
+        within = {e for e in _edge_set(*edges) if _length(e, cartesian, cell) < 3.0}
+        assert within == _host_set(cartesian, cell, True, 3.0)

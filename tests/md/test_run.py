@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax_md import energy, partition, quantity, simulate, space
 
-from polmp.md.run import run_chunked
+from polmp.md.run import MDBlowUp, run_chunked
 
 
 def _kinetic(state):
@@ -134,3 +134,32 @@ def test_overflow_triggers_reallocation_and_same_result(x64):
 def test_bad_chunking_is_rejected():
     with pytest.raises(ValueError, match="multiple"):
         run_chunked(None, None, None, None, num_steps=150, chunk_steps=100)
+
+
+def test_blow_up_stops_with_the_step_and_keeps_earlier_records(x64):
+    """A runaway integrator: MDBlowUp names the step, earlier records survive."""
+    r, box, shift, neighbor_fns, energy_fn = _lj_system(jnp.float64)
+    nbrs = neighbor_fns.allocate(r)
+    init, good_step = simulate.nve(energy_fn, shift, dt=0.001)
+
+    def bad_step(state, **kwargs):  # runaway heating: momenta overflow within 2 steps
+        return good_step(state.set(momentum=1e200 * state.momentum), **kwargs)
+
+    state = init(jax.random.PRNGKey(0), r, kT=0.8, neighbor=nbrs)
+    record = lambda s, n: energy_fn(s.position, neighbor=n)  # noqa: E731
+    kw = dict(chunk_steps=20, record_fn=record, record_every=5)
+    good = run_chunked(good_step, state, neighbor_fns, nbrs, num_steps=40, **kw)
+    with pytest.raises(MDBlowUp, match="MD blew up") as info:
+        run_chunked(
+            bad_step,
+            good.state,
+            neighbor_fns,
+            good.neighbor,
+            num_steps=40,
+            first_step=40,
+            **kw,
+        )
+    error = info.value
+    assert 40 < error.step <= 60
+    assert 40 <= error.last_good_step < error.step
+    assert error.records is None or np.isfinite(error.records).all()

@@ -1,6 +1,7 @@
 """run_md: a trained model's MD with Pdot and alpha_sys recorded in the same scan."""
 
 import dataclasses
+import json
 import pathlib
 
 import jax
@@ -13,6 +14,7 @@ from polmp.cli.main import main
 from polmp.config.schema import LongRangeConfig, MDConfig, RunConfig
 from polmp.data.batching import frames_to_graph
 from polmp.data.water import water_box
+from polmp.md.run import MDBlowUp
 from polmp.md.simulate import run_md
 from polmp.models.long_range import prepare_long_range
 from polmp.observables.polarization import born_charges, total_latents
@@ -20,6 +22,16 @@ from polmp.training.trained import TrainedModel, energy_fns_of
 from tests.training.morse import tiny_latent_model
 
 MODEL = tiny_latent_model()
+BASE = dict(
+    ensemble="nve",
+    timestep_fs=0.25,
+    num_steps=40,
+    chunk_steps=20,
+    record_every=4,
+    trajectory_every=8,
+    precision="float64",
+    progress_bar=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +46,7 @@ def setup(tmp_path_factory):
     graph = frames_to_graph([frame], cutoff=MODEL.cutoff_A)
     params = jax.jit(fns.model.init)(jax.random.PRNGKey(0), graph)
     trained = TrainedModel(config, params, fns, "test")
-    base = dict(
-        ensemble="nve",
-        timestep_fs=0.25,
-        num_steps=40,
-        chunk_steps=20,
-        record_every=4,
-        trajectory_every=8,
-        precision="float64",
-        progress_bar=False,
-    )
+    base = BASE
     root = tmp_path_factory.mktemp("md")
     with_obs = run_md(
         MDConfig(**base, output_dir=str(root / "obs")), trained=trained, frame=frame
@@ -119,10 +122,30 @@ def test_files_and_spectra_cli(setup, capsys):
     assert "IR" not in capsys.readouterr().err
 
 
+def test_blow_up_stops_with_an_error_and_keeps_what_came_before(setup, tmp_path):
+    """timestep_fs=50: was all-NaN observables and exit 0; now MDBlowUp naming the
+    step, with only finite records (if any) written before it."""
+    frame, trained, _, _ = setup
+    config = MDConfig(
+        **{**BASE, "timestep_fs": 50.0, "num_steps": 100, "trajectory_every": 0},
+        observables=False,
+        output_dir=str(tmp_path / "blow"),
+    )
+    with pytest.raises(MDBlowUp, match=r"MD blew up.*step \d+"):
+        run_md(config, trained=trained, frame=frame)
+    summary = json.loads((tmp_path / "blow" / "md.json").read_text())
+    assert "blew up" in summary["error"]
+    npz = tmp_path / "blow" / "observables.npz"
+    if npz.exists():
+        assert np.isfinite(np.load(npz)["potential_energy"]).all()
+
+
 def test_bad_md_configs():
     with pytest.raises(ValueError, match="multiple of chunk_steps"):
         MDConfig(num_steps=150, chunk_steps=100)
     with pytest.raises(ValueError, match="ensemble"):
-        MDConfig(ensemble="npt")
+        MDConfig(ensemble="npt_berendsen")
+    with pytest.raises(ValueError, match="box_scale_range"):
+        MDConfig(box_scale_range=(1.1, 1.2))
     with pytest.raises(ValueError, match="record_every"):
         MDConfig(chunk_steps=100, record_every=3)
