@@ -303,7 +303,7 @@ class RunConfig:
 
 
 #: accepted ``MDConfig.ensemble`` values
-ENSEMBLES: tuple[str, ...] = ("nve", "nvt_nose_hoover", "nvt_langevin")
+ENSEMBLES: tuple[str, ...] = ("nve", "nvt_nose_hoover", "nvt_langevin", "npt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +317,8 @@ class MDConfig:
             g/cm^3, ``polmp.data.water.water_box``), ``"embedded:<set>"`` (a frame of a
             shipped set) or a file any polmp reader reads.
         frame_index: which frame of ``structure`` (files and embedded sets).
-        ensemble: "nve", "nvt_nose_hoover" or "nvt_langevin" (jax-md integrators).
+        ensemble: "nve", "nvt_nose_hoover", "nvt_langevin" or "npt" (jax-md
+            integrators; "npt" is ``npt_nose_hoover``, isotropic, periodic only).
         temperature_K: initial Maxwell-Boltzmann temperature and thermostat target, K.
         timestep_fs: integration time step, fs.
         equilibration_steps: steps run first and not recorded (same ensemble).
@@ -334,6 +335,13 @@ class MDConfig:
             and alpha_sys (A^3) in the same scan as the MD steps (IR/Raman input).
         eps_e: electronic screening of the Born charges and alpha_sys (1: unscreened).
         skin_A: neighbour-list skin, A.
+        pressure_bar: NPT target pressure, bar (1 bar = 1e-4 GPa).
+        barostat_time_fs: NPT barostat (Nose-Hoover chain) time constant, fs.
+        box_scale_range: NPT: (lo, hi) linear box scales the run may visit; the
+            long-range k-set / mesh are prepared for the largest box and the run stops
+            with an error if the box leaves the range.
+        external_field_V_per_A: uniform external field (3 components), V/A, or None;
+            it polarizes the model and pushes the ions with F_i += Z*_i^T E (field MD).
         seed: seed of the initial velocities (and the Langevin noise).
         precision: "float32" or "float64" (float64 needs x64; the CLI sets it).
         progress_bar: show a tqdm bar.
@@ -356,6 +364,10 @@ class MDConfig:
     observables: bool = True
     eps_e: float = 1.0
     skin_A: float = 0.5
+    pressure_bar: float = 1.0
+    barostat_time_fs: float = 500.0
+    box_scale_range: tuple[float, float] = (0.9, 1.1)
+    external_field_V_per_A: tuple[float, float, float] | None = None
     seed: int = 0
     precision: str = "float32"
     progress_bar: bool = True
@@ -373,7 +385,12 @@ class MDConfig:
         for name in ("temperature_K", "skin_A"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("timestep_fs", "thermostat_time_fs", "eps_e"):
+        lo, hi = self.box_scale_range
+        if not 0 < lo <= 1 <= hi:
+            raise ValueError(
+                f"box_scale_range must satisfy 0 < lo <= 1 <= hi, got {self.box_scale_range}"
+            )
+        for name in ("timestep_fs", "thermostat_time_fs", "eps_e", "barostat_time_fs"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("chunk_steps", "record_every"):

@@ -113,6 +113,47 @@ def _upper_triangular_box(cell: np.ndarray) -> np.ndarray:
     return r * signs[:, None]
 
 
+def box_to_cell(box, dtype=None):
+    """polmp cell (rows are lattice vectors) of a jax-md box.  Jittable.
+
+    jax-md's ``space.periodic_general`` takes a box whose *columns* are the lattice
+    vectors: a scalar (cube), a (3,) vector (orthorhombic) or a (3, 3) matrix.  This is
+    the one place where that convention is converted to polmp's rows.
+
+    Args:
+        box: scalar, Float[Array, '3'] or Float[Array, '3 3'] (columns), A.
+        dtype: result dtype (default: the box's own floating dtype).
+
+    Returns:
+        Float[Array, '3 3'], rows are lattice vectors, A (a numpy array for a host
+        numpy / Python input, so host preparation keeps float64).
+    """
+    xp = jnp if isinstance(box, jax.Array) else np
+    box = xp.asarray(box) if dtype is None else xp.asarray(box, dtype)
+    if box.ndim == 0:
+        return box * xp.eye(3, dtype=box.dtype)
+    if box.shape == (3,):
+        return xp.diag(box)
+    if box.shape != (3, 3):
+        raise ValueError(
+            f"a jax-md box is a scalar, a (3,) vector or a (3, 3) matrix (columns are "
+            f"lattice vectors); got shape {box.shape}"
+        )
+    return box.T
+
+
+def cell_to_box(cell):
+    """jax-md box (columns are lattice vectors) of a polmp cell (rows)."""
+    return jnp.asarray(cell).T
+
+
+def _upper_triangular_traced(cell):
+    """``_upper_triangular_box`` under jit (QR of the column form, positive diagonal)."""
+    _, r = jnp.linalg.qr(cell.T)
+    signs = jnp.sign(jnp.diag(r))
+    return r * signs[:, None]
+
+
 def neighbor_list(
     cutoff,
     cell=None,
@@ -121,21 +162,34 @@ def neighbor_list(
     skin=0.0,
     capacity_multiplier=1.25,
     format="sparse",
+    fractional_coordinates=False,
+    min_box_scale=1.0,
 ):
     """Device neighbour list (jax-md) for periodic or free-space MD.  Host factory.
 
-    Wraps ``jax_md.partition.neighbor_list``.  Positions passed to ``allocate`` and
-    ``update`` are Cartesian, A, in polmp's convention and may be unwrapped; the
-    closures convert them (periodic cells: wrapped fractional coordinates with
-    ``jax_md.space.periodic_general(..., fractional_coordinates=True)``; free space:
-    ``jax_md.space.free()``).  The cell is fixed: for a changing cell (NPT) build a
-    new bundle.
+    Wraps ``jax_md.partition.neighbor_list`` and follows its contract in full:
+    ``fns.allocate(R)``, ``fns.update(R, nbrs)`` and ``nbrs.update(R)`` all give the
+    same list (the conversion to the wrapped fractional coordinates jax-md's cell
+    list works in travels with the list as its ``update_fn``).  Positions are
+    Cartesian, A, in polmp's convention and may be unwrapped; with
+    ``fractional_coordinates=True`` they are fractional (jax-md's
+    ``periodic_general(..., fractional_coordinates=True)``, as NPT integrators use).
+
+    A changing box: ``update(R, nbrs, box=box)`` and ``allocate(R, box=box)`` take a
+    jax-md box (columns are lattice vectors, see ``box_to_cell``).  With a box the
+    list is rebuilt at every update (jax-md's skin test compares atom displacements
+    only and would miss pairs brought within the cutoff by a shrinking box); a box
+    whose cells became too small for the cell list sets ``cell_size_too_small`` and
+    one that is too small for the minimum image makes ``neighbor_edges`` wrong, so
+    callers must keep it within ``min_box_scale`` (checked here for the starting
+    cell) and reallocate on any overflow flag (``list_overflowed``).
 
     Limits, checked here with a ``ValueError``: the system is fully periodic or
     fully free (no mixed pbc), and for periodic cells ``cutoff + skin`` is below half
-    the smallest perpendicular cell width, so that each pair has exactly one image
-    within the cutoff (jax-md uses the minimum image in fractional coordinates).
-    Smaller cells need several images: use the host ``neighbor_pairs``.
+    the smallest perpendicular width of ``min_box_scale * cell``, so that each pair
+    has exactly one image within the cutoff (jax-md uses the minimum image in
+    fractional coordinates).  Smaller cells need several images: use the host
+    ``neighbor_pairs``.
 
     Args:
         cutoff: float, A.  Pairs with |r_ij| < cutoff + skin are listed.
@@ -147,6 +201,9 @@ def neighbor_list(
         capacity_multiplier: float, buffer size over the observed pair count.
         format: ``"sparse"`` (full list of pairs, the only format ``neighbor_edges``
             accepts), ``"ordered_sparse"`` (half list i < j) or ``"dense"``.
+        fractional_coordinates: positions are fractional (periodic cells only).
+        min_box_scale: the smallest linear scale of ``cell`` the list will see
+            (NPT); the width check uses it.
 
     Returns:
         ``NeighborListFns(allocate, update)``.
@@ -170,6 +227,8 @@ def neighbor_list(
         raise ValueError(f"skin must be >= 0, got {skin}")
     if not capacity_multiplier >= 1:
         raise ValueError(f"capacity_multiplier must be >= 1, got {capacity_multiplier}")
+    if not 0 < min_box_scale <= 1:
+        raise ValueError(f"min_box_scale must be in (0, 1], got {min_box_scale}")
     if pbc is None:
         pbc = cell is not None
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
@@ -184,44 +243,76 @@ def neighbor_list(
 
     if periodic:
         cell = validate_cell(cell)
-        width = _min_perpendicular_width(cell)
+        width = min_box_scale * _min_perpendicular_width(cell)
         if not reach < 0.5 * width:
             raise ValueError(
                 f"cutoff + skin = {reach:.4g} A must be below half the smallest cell "
-                f"width ({width:.4g} A) for the device list; replicate the cell or use "
-                "neighbor_pairs (host), which lists several images"
+                f"width ({width:.4g} A at box scale {min_box_scale:g}) for the device "
+                "list; replicate the cell or use neighbor_pairs (host), which lists "
+                "several images"
             )
         box = _upper_triangular_box(cell)
         inverse_cell = np.linalg.inv(cell)
         displacement_fn, _ = space.periodic_general(box, fractional_coordinates=True)
-        jax_md_fns = partition.neighbor_list(
-            displacement_fn,
-            box,
-            float(cutoff),
-            dr_threshold=float(skin),
+        common = dict(
             capacity_multiplier=float(capacity_multiplier),
             fractional_coordinates=True,
             format=jax_format,
         )
+        jax_md_fns = partition.neighbor_list(
+            displacement_fn, box, float(cutoff), dr_threshold=float(skin), **common
+        )
+        # Same cutoff + skin, dr_threshold 0: jax-md then rebuilds at every update.
+        rebuild_fns = partition.neighbor_list(
+            displacement_fn, box, reach, dr_threshold=0.0, **common
+        )
 
-        def to_fractional(positions):
+        def to_fractional(positions, box=None):
             # jax-md's fractional cell list wants coordinates in [0, 1).
-            s = positions @ jnp.asarray(inverse_cell, positions.dtype)
+            if fractional_coordinates:
+                s = positions
+            elif box is None:
+                s = positions @ jnp.asarray(inverse_cell, positions.dtype)
+            else:
+                s = jnp.linalg.solve(box_to_cell(box, positions.dtype).T, positions.T).T
             return s - jnp.floor(s)
 
-        def allocate(positions, extra_capacity=0):
-            positions = jnp.asarray(validate_positions(positions))
-            neighbor = jax_md_fns.allocate(to_fractional(positions), extra_capacity)
-            return _hashable_cell_size(neighbor)
+        def jax_md_box(box):
+            return (
+                {}
+                if box is None
+                else {"box": _upper_triangular_traced(box_to_cell(box))}
+            )
 
-        def update(positions, neighbor):
-            return jax_md_fns.update(to_fractional(positions), neighbor)
+        def allocate(positions, extra_capacity=0, box=None, **kwargs):
+            del kwargs
+            if fractional_coordinates:
+                positions = jnp.asarray(positions)
+                if not bool(jnp.all(jnp.isfinite(positions))):
+                    raise ValueError("positions contain NaN or inf")
+            else:
+                positions = jnp.asarray(validate_positions(positions))
+            if box is not None:
+                validate_cell(np.asarray(box_to_cell(box)))
+            s = to_fractional(positions, box)
+            neighbor = jax_md_fns.allocate(s, extra_capacity, **jax_md_box(box))
+            return _hashable_cell_size(neighbor).set(update_fn=update)
+
+        def update(positions, neighbor, box=None, **kwargs):
+            del kwargs  # integrator keywords travel through jax-md's update too
+            s = to_fractional(positions, box)
+            fns = jax_md_fns if box is None else rebuild_fns
+            new = fns.update(s, neighbor, **jax_md_box(box))
+            return new.set(update_fn=update)
 
         return NeighborListFns(allocate, update)
 
+    if fractional_coordinates:
+        raise ValueError("fractional_coordinates needs a periodic cell")
     displacement_fn, _ = space.free()
 
-    def allocate(positions, extra_capacity=0):
+    def allocate(positions, extra_capacity=0, **kwargs):
+        del kwargs
         positions_np = validate_positions(positions)
         # The cell list hashes positions modulo its box, so any box is correct;
         # the bounding box (plus the reach) only keeps the cells evenly filled.
@@ -236,7 +327,8 @@ def neighbor_list(
         )
         return fns.allocate(jnp.asarray(positions_np), extra_capacity)
 
-    def update(positions, neighbor):
+    def update(positions, neighbor, **kwargs):
+        del kwargs
         # The jax-md update closure travels with the list (a static field).
         return neighbor.update(positions)
 
@@ -257,7 +349,7 @@ def _hashable_cell_size(neighbor):
     return neighbor.set(cell_size=float(neighbor.cell_size))
 
 
-def update_or_reallocate(fns, positions, neighbor):
+def update_or_reallocate(fns, positions, neighbor, **kwargs):
     """Update a device list and reallocate it on overflow.  Not jittable.
 
     The overflow flag of jax-md (neighbour or cell-list buffer too small, or cells
@@ -268,6 +360,7 @@ def update_or_reallocate(fns, positions, neighbor):
         fns: ``NeighborListFns`` from ``neighbor_list``.
         positions: (N, 3) array, A (Cartesian).
         neighbor: the current jax-md ``NeighborList``.
+        **kwargs: ``box=`` for a changed box (jax-md convention).
 
     Returns:
         ``(neighbor, reallocated)``: a list valid for ``positions`` and whether it
@@ -276,19 +369,27 @@ def update_or_reallocate(fns, positions, neighbor):
     Raises:
         RuntimeError: a freshly allocated list still overflows (a bug).
     """
-    updated = fns.update(positions, neighbor)
+    updated = fns.update(positions, neighbor, **kwargs)
     if not _overflowed(updated):
         return updated, False
-    fresh = fns.allocate(positions)
+    fresh = fns.allocate(positions, **kwargs)
     if _overflowed(fresh):
         raise RuntimeError(f"freshly allocated neighbour list overflows: {fresh.error}")
     return fresh, True
 
 
+def list_overflowed(neighbor):
+    """Whether a jax-md list is invalid: a buffer overflowed or its cells are too small
+    for the current box.  Jittable (a traced bool).
+
+    MALFORMED_BOX is deliberately not read: jax-md 0.2.29 sets that bit for every
+    *valid* fractional box (inverted predicate); polmp validates the cell itself.
+    """
+    return neighbor.did_buffer_overflow | neighbor.cell_size_too_small
+
+
 def _overflowed(neighbor) -> bool:
-    # MALFORMED_BOX is deliberately not read: jax-md 0.2.29 sets that bit for every
-    # *valid* fractional box (inverted predicate); polmp validates the cell itself.
-    return bool(neighbor.did_buffer_overflow) or bool(neighbor.cell_size_too_small)
+    return bool(list_overflowed(neighbor))
 
 
 def neighbor_edges(neighbor, positions, cell=None):

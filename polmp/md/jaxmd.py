@@ -1,156 +1,446 @@
-"""Bind a polmp model to jax-md: the only place that speaks jax-md's conventions.
+"""The jax-md front door: a trained polmp model as a jax-md energy function.
 
-jax-md integrators call ``energy_fn(R, neighbor=nbrs, **kwargs)`` with Cartesian
-positions R (N, 3) and a jax-md neighbour list.  polmp models take a padded
-``Graph``.  ``bind`` closes over the parameters, the species and cell of one system
-and its static long-range data, and rebuilds the Graph inside the traced step:
+``neighbor_list_energy(model, box, species)`` is shaped like jax-md's own
+``energy.*_neighbor_list`` factories and returns ``(neighbor_fn, energy_fn)``::
 
-* edges come from the device list through ``geometry.neighbors.neighbor_edges``,
-  which turns jax-md's implicit periodic images into explicit integer shifts so that
-  r_ij = R[j] - R[i] + shifts_ij @ cell (polmp's convention);
-* jax-md pads its index arrays with N, so the Graph gets one padding atom at index N
-  (species 0, masked) and a padding graph; padded entries are then exactly the
-  zero-shift self-edges of that atom, as the Graph padding rules require.
+    import polmp
+    from jax_md import simulate, space
+    neighbor_fn, energy_fn = polmp.neighbor_list_energy("water-gfn2-full", box, Z)
+    nbrs = neighbor_fn.allocate(R)
+    init, step = simulate.nvt_nose_hoover(energy_fn, shift_fn, dt, kT)
+    state = init(key, R, mass=m, neighbor=nbrs)
 
-Positions may be unwrapped (free ``shift_fn``): the periodic images are recomputed
-from fractional coordinates at every neighbour-list update, and unwrapped
-trajectories are what IR spectra want.
+Conventions are jax-md's: ``box`` is what ``space.periodic_general`` takes (a scalar,
+a (3,) vector or a (3, 3) matrix whose *columns* are the lattice vectors; None for
+free space), converted to polmp's row cells in one place
+(``geometry.neighbors.box_to_cell``); ``R`` is Cartesian (may be unwrapped) or, with
+``fractional_coordinates=True``, fractional (what ``npt_nose_hoover`` needs).
+
+``energy_fn(R, neighbor=nbrs, box=None, perturbation=None, e_ext=None, **kw)``:
+
+* ``box``: the current box; the cell enters the traced graph, so the energy follows
+  the box continuously.  The long-range k-set / PME mesh are fixed at construction
+  for the largest box of ``box_scale_range`` (every smaller box of the same shape is
+  then converged too); a box outside that range gives a NaN energy (never a silently
+  unconverged one) and ``polmp md`` stops with a message.
+* ``perturbation``: the deformation jax-md's ``quantity.stress`` / ``pressure`` and
+  ``npt_nose_hoover`` apply to every displacement (dR -> P dR, P a scalar or 3x3),
+  so those quantities include the model's virial.
+* ``e_ext``: a uniform external field, V/A.  It enters the induced dipoles and U_iu
+  (docs/method.md section 6), and the forces gain the field's force on the ions,
+  F_i += Z*_i^T E_ext with Z* = sqrt(eps_e) dP/dr_i (section 7).  That force is not
+  the gradient of an energy in a periodic cell; it is added to the gradient jax-md
+  takes through a term whose value is zero.
+* the integrator's own keywords (kT, mass, pressure, ...) are ignored; anything else
+  raises a ``TypeError``.
+* a neighbour list that overflowed (or whose cells became too small for the box)
+  gives a NaN energy: reallocate it (``neighbor_fn.allocate``).
+
+``bind(...)`` returns the same pair plus what ``polmp md`` records (latents,
+long-range data) as a ``BoundModel``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from polmp import units
-from polmp.geometry.cell import validate_cell, validate_positions
+from polmp.geometry.cell import validate_cell
 from polmp.geometry.graph import Graph
-from polmp.geometry.neighbors import neighbor_edges
+from polmp.geometry.neighbors import (
+    box_to_cell,
+    list_overflowed,
+    neighbor_edges,
+    neighbor_list,
+)
+
+__all__ = [
+    "INTEGRATOR_KEYWORDS",
+    "BoundModel",
+    "bind",
+    "check_species",
+    "neighbor_list_energy",
+    "thermal_energy",
+    "timestep",
+    "unwrapped_shift",
+]
+
+#: Keywords jax-md integrators and quantities thread through ``energy_fn`` (ignored).
+INTEGRATOR_KEYWORDS = frozenset(
+    {"kT", "mass", "pressure", "dt", "gamma", "tau", "velocity", "momentum", "t"}
+)
+
+_LONG_RANGE_KEYWORDS = frozenset(
+    {"sigma", "accuracy", "method", "max_multipole_order", "les_compat", "pme_order"}
+)
 
 
-@dataclasses.dataclass(frozen=True)
-class MDSystem:
-    """Static description of the simulated system (host side).
+def check_species(species, model_species) -> np.ndarray:
+    """``species`` as an int array, or a ValueError naming unknown elements.  Host."""
+    from ase.data import chemical_symbols
+
+    species = np.asarray(species)
+    if species.ndim != 1 or species.size == 0:
+        raise ValueError(f"species must be a non-empty 1D array, got {species.shape}")
+    if not np.issubdtype(species.dtype, np.integer) or np.any(species <= 0):
+        raise ValueError("species must be atomic numbers (integers > 0)")
+    unknown = sorted(set(species.tolist()) - set(int(z) for z in model_species))
+
+    def names(zs):
+        return ", ".join(
+            f"{chemical_symbols[z] if z < len(chemical_symbols) else '?'} (Z={z})"
+            for z in zs
+        )
+
+    if unknown:
+        raise ValueError(
+            f"the structure has element(s) {names(unknown)} that the model does not "
+            f"know; the model's species are {names(sorted(model_species))}"
+        )
+    return species.astype(np.int32)
+
+
+class BoundModel(NamedTuple):
+    """A trained model bound to one system for jax-md (``bind``).
 
     Attributes:
-        species: (N,) atomic numbers (no zeros).
-        cell: (3, 3) rows are lattice vectors, A, or None for a cluster in free space.
-        total_charge: e.
+        neighbor_fn: jax-md ``NeighborListFns`` (``allocate``, ``update``).
+        energy_fn: ``energy_fn(R, neighbor, box=None, perturbation=None,
+            e_ext=None, **integrator_kwargs) -> eV`` (module docstring).
+        latents_fn: ``latents_fn(R, neighbor, box=None, e_ext=None) ->
+            (charges_fn, X, cell)``: ``charges_fn(x) -> ((q (N,), mu (N, 3)), alpha)``
+            the total latents at Cartesian positions x (the contract of
+            ``observables.polarization``), X the Cartesian positions, cell the rows
+            (None in free space).  For Pdot / Born charges inside a scan.
+        trained: the ``TrainedModel``.
+        species: (N,) atomic numbers.
+        box: the reference box (jax-md convention, float64 numpy) or None.
+        long_range_data: the prepared ``LongRangeData`` (None for "sr").
+        box_scale_range: (lo, hi) linear box scales the energy accepts.
+        fractional_coordinates: whether R is fractional.
     """
 
+    neighbor_fn: Any
+    energy_fn: Callable
+    latents_fn: Callable
+    trained: Any
     species: np.ndarray
-    cell: np.ndarray | None = None
-    total_charge: float = 0.0
-
-    def __post_init__(self):
-        species = np.asarray(self.species)
-        if species.ndim != 1 or species.size == 0 or np.any(species <= 0):
-            raise ValueError(
-                "species must be a non-empty 1D array of atomic numbers (> 0)"
-            )
-        if self.cell is not None:
-            validate_cell(self.cell)
-
-    @property
-    def num_atoms(self) -> int:
-        return int(np.asarray(self.species).shape[0])
+    box: np.ndarray | None
+    long_range_data: Any
+    box_scale_range: tuple[float, float]
+    fractional_coordinates: bool
 
 
-def md_graph(system: MDSystem, positions, neighbor) -> Graph:
-    """Padded single-structure Graph from positions and a jax-md Sparse neighbour list.
+def _as_trained(model):
+    from polmp.training.trained import TrainedModel, load_trained
 
-    Args:
-        system: the static system.
-        positions: Float[Array, 'N 3'], A (traced).
-        neighbor: jax-md NeighborList in Sparse format (full list).
-
-    Returns:
-        Graph with N + 1 atoms (padding atom at index N) and 2 graphs (graph 1 is padding).
-    """
-    n = system.num_atoms
-    dtype = positions.dtype
-    cell = None if system.cell is None else jnp.asarray(system.cell, dtype)
-    idx_i, idx_j, shifts, edge_mask = neighbor_edges(neighbor, positions, cell)
-    periodic = system.cell is not None
-    cells = jnp.stack(
-        [cell if periodic else jnp.eye(3, dtype=dtype), jnp.eye(3, dtype=dtype)]
+    if isinstance(model, TrainedModel):
+        return model
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        return load_trained(model)
+    raise TypeError(
+        f"model must be a TrainedModel or a name/path load_trained accepts, got "
+        f"{type(model).__name__}"
     )
+
+
+def _template_graph(species, cell, total_charge) -> Graph:
+    """Concrete single-structure Graph (N + 1 atoms, 2 graphs) for host preparation."""
+    n = species.shape[0]
+    periodic = cell is not None
+    cells = np.stack([cell if periodic else np.eye(3), np.eye(3)])
     return Graph(
-        positions=jnp.concatenate([positions, jnp.zeros((1, 3), dtype)]),
-        species=jnp.concatenate(
-            [jnp.asarray(system.species, jnp.int32), jnp.zeros(1, jnp.int32)]
-        ),
-        atom_graph=jnp.concatenate([jnp.zeros(n, jnp.int32), jnp.ones(1, jnp.int32)]),
-        idx_i=idx_i,
-        idx_j=idx_j,
-        shifts=shifts,
+        positions=np.zeros((n + 1, 3)),
+        species=np.concatenate([species, [0]]).astype(np.int32),
+        atom_graph=np.concatenate([np.zeros(n), [1]]).astype(np.int32),
+        idx_i=np.full(1, n, np.int32),
+        idx_j=np.full(1, n, np.int32),
+        shifts=np.zeros((1, 3), np.int32),
         cell=cells,
-        pbc=jnp.array([[periodic] * 3, [False] * 3]),
-        atom_mask=jnp.arange(n + 1) < n,
-        edge_mask=edge_mask,
-        graph_mask=jnp.array([True, False]),
-        total_charge=jnp.asarray([system.total_charge, 0.0], dtype),
+        pbc=np.array([[periodic] * 3, [False] * 3]),
+        atom_mask=np.arange(n + 1) < n,
+        edge_mask=np.zeros(1, bool),
+        graph_mask=np.array([True, False]),
+        total_charge=np.array([total_charge, 0.0]),
     )
-
-
-def prepare_md_long_range(system: MDSystem, positions, neighbor, long_range_options):
-    """Static long-range data of the MD graph (None when ``long_range_options`` is None).
-
-    Host side: run once before the jitted steps (the cell is fixed).
-    """
-    positions = jnp.asarray(validate_positions(positions, system.num_atoms))
-    if long_range_options is None:
-        return None
-    from polmp.models.long_range import prepare_long_range
-
-    template = md_graph(system, positions, neighbor)
-    return prepare_long_range(template, **long_range_options)
 
 
 def bind(
-    energy_fns,
-    params,
-    system: MDSystem,
-    positions,
-    neighbor,
+    model,
+    box,
+    species,
     *,
-    long_range_options=None,
-    long_range_data=None,
-):
-    """jax-md energy function ``energy_fn(R, neighbor=nbrs, **kwargs) -> eV`` of a model.
+    skin: float = 0.5,
+    fractional_coordinates: bool = False,
+    box_scale_range: tuple[float, float] = (0.95, 1.05),
+    total_charge: float = 0.0,
+    eps_e: float = 1.0,
+    capacity_multiplier: float = 1.25,
+    **long_range,
+) -> BoundModel:
+    """A trained model bound to one system for jax-md (module docstring).  Host.
 
     Args:
-        energy_fns: ``polmp.models.EnergyFns`` from ``make_energy_fn`` (built with
-            ``long_range_fn=polmp.models.long_range.graph_long_range`` for variants
-            with latents).
-        params: model parameters.
-        system: ``MDSystem``.
-        positions: (N, 3) initial positions, A (host; used to prepare static data).
-        neighbor: an allocated jax-md Sparse neighbour list for ``positions``.
-        long_range_options: keyword arguments of
-            ``polmp.models.long_range.prepare_long_range`` (sigma, accuracy, method...);
-            None for an "sr" model.
-        long_range_data: already prepared data (``prepare_md_long_range``) instead of
-            ``long_range_options``, to share it with other bound functions.
+        model: a ``TrainedModel`` or a name/path ``load_trained`` accepts.
+        box: jax-md box (columns are lattice vectors), A, or None for free space.
+        species: (N,) atomic numbers.
+        skin: neighbour-list skin, A.
+        fractional_coordinates: R is fractional (periodic only; NPT integrators).
+        box_scale_range: (lo, hi), the linear scales of ``box`` the energy accepts
+            (lo <= 1 <= hi): the k-set / mesh are prepared for ``hi * box`` and the
+            neighbour list checks its width at ``lo * box``.
+        total_charge: e.
+        eps_e: electronic screening of the Born charges of the field force.
+        capacity_multiplier: neighbour-list buffer over the observed pair count.
+        **long_range: overrides of the model's ``prepare_long_range`` options
+            (sigma, accuracy, method, max_multipole_order, les_compat, pme_order).
 
     Returns:
-        ``energy_fn(R, neighbor, **kwargs)``; extra kwargs (kT, mass, ...) that jax-md
-        threads through are ignored.
+        ``BoundModel``.
+
+    Raises:
+        ValueError: unknown elements, a bad box or range, long-range options for a
+            model without a long-range part.
+        TypeError: an unknown keyword.
     """
-    if long_range_data is None:
-        long_range_data = prepare_md_long_range(
-            system, positions, neighbor, long_range_options
+    from jax_md import space
+
+    from polmp.models.long_range import prepare_long_range
+    from polmp.observables.polarization import born_charges, total_latents
+
+    trained = _as_trained(model)
+    config = trained.model_config
+    species = check_species(species, config.species)
+    n = species.shape[0]
+    unknown = set(long_range) - _LONG_RANGE_KEYWORDS
+    if unknown:
+        raise TypeError(
+            f"unknown keyword(s) {sorted(unknown)}; long-range options are "
+            f"{sorted(_LONG_RANGE_KEYWORDS)}"
+        )
+    lo, hi = (float(x) for x in box_scale_range)
+    if not 0 < lo <= 1 <= hi:
+        raise ValueError(
+            f"box_scale_range must satisfy 0 < lo <= 1 <= hi, got {(lo, hi)}"
+        )
+    periodic = box is not None
+    if fractional_coordinates and not periodic:
+        raise ValueError("fractional_coordinates needs a periodic box")
+    box_np = cell = None
+    if periodic:
+        box_np = np.asarray(box, np.float64)
+        cell = validate_cell(np.asarray(box_to_cell(box_np)))
+    neighbor_fn = neighbor_list(
+        config.cutoff_A,
+        cell,
+        skin=skin,
+        capacity_multiplier=capacity_multiplier,
+        fractional_coordinates=fractional_coordinates,
+        min_box_scale=lo,
+    )
+    options = trained.long_range_options
+    data = None
+    if options is None:
+        if long_range:
+            raise ValueError(
+                f"model variant {config.variant!r} has no long-range part; drop "
+                f"{sorted(long_range)}"
+            )
+    else:
+        options = {**options, **long_range}
+        prep_cell = None if cell is None else hi * cell
+        data = prepare_long_range(
+            _template_graph(species, prep_cell, float(total_charge)), **options
+        )
+    has_latents = config.variant != "sr"
+    fns = trained.energy_fns
+    params_by_dtype = {}
+
+    def params_for(dtype):
+        key = jnp.dtype(dtype).name
+        if key not in params_by_dtype:
+            params_by_dtype[key] = trained.cast(dtype).params
+        return params_by_dtype[key]
+
+    inverse_ref = None if cell is None else np.linalg.inv(cell)
+
+    def cartesian(R, box):
+        """(Cartesian positions, cell rows or None) of R in the given/reference box."""
+        dtype = R.dtype
+        if not periodic:
+            if box is not None:
+                raise ValueError(
+                    "a box was passed to the energy of a free-space system"
+                )
+            return R, None
+        cell_now = box_to_cell(jnp.asarray(box_np if box is None else box, dtype))
+        if fractional_coordinates:
+            # jax-md's transform: gradients w.r.t. fractional R come out Cartesian
+            return space.transform(cell_now.T, R), cell_now
+        return R, cell_now
+
+    def assemble(x, c, edges) -> Graph:
+        idx_i, idx_j, shifts, edge_mask = edges
+        dtype = x.dtype
+        cells = jnp.stack(
+            [c if periodic else jnp.eye(3, dtype=dtype), jnp.eye(3, dtype=dtype)]
+        )
+        return Graph(
+            positions=jnp.concatenate([x, jnp.zeros((1, 3), dtype)]),
+            species=jnp.asarray(np.concatenate([species, [0]]), jnp.int32),
+            atom_graph=jnp.asarray(np.r_[np.zeros(n), 1], jnp.int32),
+            idx_i=idx_i,
+            idx_j=idx_j,
+            shifts=shifts,
+            cell=cells,
+            pbc=jnp.array([[periodic] * 3, [False] * 3]),
+            atom_mask=jnp.arange(n + 1) < n,
+            edge_mask=edge_mask,
+            graph_mask=jnp.array([True, False]),
+            total_charge=jnp.asarray([total_charge, 0.0], dtype),
         )
 
-    def energy_fn(R, neighbor, **kwargs):
-        del kwargs  # jax-md passes integrator state (kT, mass, ...) through
-        graph = md_graph(system, R, neighbor)
-        energy = energy_fns.energy_fn(params, graph, long_range=long_range_data)
-        return energy[0]
+    def field_of(e_ext, dtype):
+        if e_ext is None:
+            return None
+        if not has_latents:
+            raise ValueError(
+                f"model variant {config.variant!r} has no latent charges: an "
+                "external field e_ext has nothing to act on"
+            )
+        e_ext = jnp.asarray(e_ext, dtype)
+        if e_ext.shape != (3,):
+            raise ValueError(f"e_ext must have shape (3,), V/A; got {e_ext.shape}")
+        return e_ext
 
-    return energy_fn
+    def latents_fn(R, neighbor, box=None, e_ext=None):
+        x0, c = cartesian(R, box)
+        edges = neighbor_edges(neighbor, x0, c)
+        field = field_of(e_ext, x0.dtype)
+        params = params_for(x0.dtype)
+
+        def charges_fn(x):
+            graph = assemble(x, c, edges)
+            outputs = fns.outputs_fn(params, graph, long_range=data, e_ext=field)
+            q, mu = total_latents(outputs)
+            alpha = None if outputs.alpha is None else outputs.alpha[:n]
+            return (q[:n], mu[:n]), alpha
+
+        return charges_fn, x0, c
+
+    def out_of_range(c):
+        """Traced bool: the cell left the prepared range of linear scales."""
+        m = jax.lax.stop_gradient(jnp.asarray(inverse_ref, c.dtype) @ c)
+        sv = jnp.linalg.svd(m, compute_uv=False)
+        tol = 1e-9 if c.dtype == jnp.float64 else 1e-5
+        return (sv.min() < lo * (1 - tol)) | (sv.max() > hi * (1 + tol))
+
+    def energy_fn(R, neighbor=None, box=None, perturbation=None, e_ext=None, **kwargs):
+        unexpected = set(kwargs) - INTEGRATOR_KEYWORDS
+        if unexpected:
+            raise TypeError(
+                f"energy_fn got unexpected keyword(s) {sorted(unexpected)}; it takes "
+                "neighbor, box, perturbation, e_ext and ignores the integrator's "
+                f"{sorted(INTEGRATOR_KEYWORDS)}"
+            )
+        if neighbor is None:
+            raise ValueError(
+                "energy_fn needs neighbor=nbrs (from neighbor_fn.allocate(R))"
+            )
+        R = jnp.asarray(R)
+        if R.shape != (n, 3):
+            raise ValueError(f"R must have shape ({n}, 3), got {R.shape}")
+        dtype = R.dtype
+        x0, c0 = cartesian(R, box)
+        edges = neighbor_edges(neighbor, x0, c0)
+        x, c = x0, c0
+        if perturbation is not None:
+            # jax-md deforms every displacement, dR -> P dR (column vectors)
+            p = jnp.asarray(perturbation, dtype)
+            if p.ndim == 0:
+                x = x * p
+                c = None if c is None else c * p
+            else:
+                x = x @ p.T
+                c = None if c is None else c @ p.T
+        field = field_of(e_ext, dtype)
+        params = params_for(dtype)
+        energy = fns.energy_fn(
+            params, assemble(x, c, edges), long_range=data, e_ext=field
+        )[0]
+        if field is not None:
+            from polmp.observables.polarization import field_forces
+
+            charges_fn, _, _ = latents_fn(R, neighbor, box, e_ext)
+            z = born_charges(
+                lambda r: charges_fn(r)[0],
+                jax.lax.stop_gradient(x0),
+                None if c0 is None else jax.lax.stop_gradient(c0),
+                eps_e=eps_e,
+            )
+            f_field = jax.lax.stop_gradient(field_forces(z, field))
+            # value 0, gradient -F_field: jax-md's forces -dE/dR gain Z*^T E_ext
+            energy = energy - jnp.sum(f_field * (x0 - jax.lax.stop_gradient(x0)))
+        bad = list_overflowed(neighbor)
+        if periodic and box is not None:
+            bad = bad | out_of_range(c0)
+        return jnp.where(bad, jnp.asarray(jnp.nan, energy.dtype), energy)
+
+    return BoundModel(
+        neighbor_fn,
+        energy_fn,
+        latents_fn,
+        trained,
+        species,
+        box_np,
+        data,
+        (lo, hi),
+        bool(fractional_coordinates),
+    )
+
+
+def neighbor_list_energy(
+    model,
+    box,
+    species,
+    *,
+    skin: float = 0.5,
+    fractional_coordinates: bool = False,
+    **kwargs,
+):
+    """``(neighbor_fn, energy_fn)`` of a trained model, as jax-md's
+    ``energy.*_neighbor_list`` factories (module docstring).  Host factory.
+
+    Args:
+        model: a ``TrainedModel`` or a name/path ``load_trained`` accepts
+            (``"water-gfn2-full"``).
+        box: jax-md box (what ``space.periodic_general`` takes: columns are lattice
+            vectors), A; None for free space.
+        species: (N,) atomic numbers.
+        skin: neighbour-list skin, A.
+        fractional_coordinates: R is fractional (as ``npt_nose_hoover`` wants).
+        **kwargs: ``box_scale_range``, ``total_charge``, ``eps_e``,
+            ``capacity_multiplier`` and long-range options of ``bind``.
+
+    Returns:
+        ``(neighbor_fn, energy_fn)``: ``neighbor_fn.allocate(R)`` /
+        ``neighbor_fn.update(R, nbrs)`` / ``nbrs.update(R)``, and
+        ``energy_fn(R, neighbor=nbrs, box=None, perturbation=None, e_ext=None)``.
+    """
+    bound = bind(
+        model,
+        box,
+        species,
+        skin=skin,
+        fractional_coordinates=fractional_coordinates,
+        **kwargs,
+    )
+    return bound.neighbor_fn, bound.energy_fn
 
 
 def unwrapped_shift(positions, displacement, **kwargs):

@@ -121,7 +121,10 @@ class EnergyFns(NamedTuple):
 
     ``long_range`` is the static long-range data of ``graph`` (e.g.
     ``prepare_long_range(graph)`` or ``Batch.long_range``), passed on to
-    ``long_range_fn``.
+    ``long_range_fn``; ``e_ext`` (Float[Array, '3'], V/A, optional) is a uniform
+    external field passed on to it as a keyword (it enters the induced dipoles and
+    U_iu; the field's force on the ions, Z*^T E_ext, is not an energy gradient and is
+    added by the MD front door, ``polmp.md.jaxmd``).
 
     Attributes:
         model: the ``AtomicModel`` (``model.init`` gives the params; jit it).
@@ -170,7 +173,7 @@ def make_energy_fn(
         )
     model = AtomicModel(config)
 
-    def evaluate(params, graph, positions, cell, long_range):
+    def evaluate(params, graph, positions, cell, long_range, e_ext=None):
         """(per-graph E_sr + E_lr, ModelOutputs) at the given positions and cell."""
         positions = graph.positions if positions is None else positions
         cell = graph.cell if cell is None else cell
@@ -178,13 +181,19 @@ def make_energy_fn(
         outputs = model.apply(params, graph, positions, cell)
         energy = graph_energies(outputs.energy, graph)  # (G,)
         extra = {}
+        if e_ext is not None and long_range_fn is None:
+            raise ValueError(
+                "an external field e_ext acts through the long-range response: this "
+                "model has no long_range_fn"
+            )
         if long_range_fn is not None:
             args = (graph, positions, cell, outputs)
-            result = (
-                long_range_fn(*args)
-                if long_range is None
-                else long_range_fn(*args, long_range)
-            )
+            if long_range is not None:
+                args = (*args, long_range)
+            # the field is a keyword only when given, so 4/5-argument
+            # long_range_fn without one keep working
+            kw = {} if e_ext is None else {"e_ext": e_ext}
+            result = long_range_fn(*args, **kw)
             if isinstance(result, LongRangeOutputs):
                 extra = result._asdict()
                 e_lr = extra.pop("energy")
@@ -197,17 +206,17 @@ def make_energy_fn(
         return energy, ModelOutputs(**fields, **extra)
 
     def outputs_fn(
-        params, graph: Graph, positions=None, cell=None, *, long_range=None
+        params, graph: Graph, positions=None, cell=None, *, long_range=None, e_ext=None
     ) -> ModelOutputs:
-        return evaluate(params, graph, positions, cell, long_range)[1]
+        return evaluate(params, graph, positions, cell, long_range, e_ext)[1]
 
     def energy_fn(
-        params, graph: Graph, positions=None, cell=None, *, long_range=None
+        params, graph: Graph, positions=None, cell=None, *, long_range=None, e_ext=None
     ) -> jax.Array:
-        return evaluate(params, graph, positions, cell, long_range)[0]
+        return evaluate(params, graph, positions, cell, long_range, e_ext)[0]
 
     def energy_forces_stress_fn(
-        params, graph: Graph, positions=None, cell=None, *, long_range=None
+        params, graph: Graph, positions=None, cell=None, *, long_range=None, e_ext=None
     ):
         positions = graph.positions if positions is None else positions
         cell = graph.cell if cell is None else cell
@@ -221,7 +230,9 @@ def make_energy_fn(
             deform = eye + strain  # (G, 3, 3)
             pos = jnp.einsum("na,nab->nb", positions, deform[graph.atom_graph])
             c = jnp.einsum("gia,gab->gib", cell, deform)
-            energy = energy_fn(params, graph, pos, c, long_range=long_range)
+            energy = energy_fn(
+                params, graph, pos, c, long_range=long_range, e_ext=e_ext
+            )
             return jnp.sum(energy), energy
 
         strain = jnp.zeros((graph.num_graphs, 3, 3), positions.dtype)
