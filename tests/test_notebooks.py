@@ -7,7 +7,13 @@ import sys
 
 import pytest
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.py"))
+#: notebooks whose smoke run compiles the shipped model several times (minutes on
+#: 2 cores): run with ``-m slow``
+SLOW = {"md_and_spectra"}
+NOTEBOOKS = [
+    pytest.param(path, marks=pytest.mark.slow) if path.stem in SLOW else path
+    for path in sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.py"))
+]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
