@@ -17,7 +17,7 @@ of the same model configuration.  Properties:
   ASE sign; periodic cells only);
 * ``charges`` (e): total latent charge q + dq per atom (channels summed);
 * ``dipole`` (e*A): P = sum_i (q_i + dq_i) r_i + sum_i (mu_i + dmu_i), mean charge
-  removed (docs/method.md section 7), unscreened;
+  removed (docs/method.md#born-charges), unscreened;
 * ``bec`` (e): Z*_{i,ab} = sqrt(eps_e) dP_a/dr_{i,b} by autodiff through the latents
   and the response (phase form for periodic cells); computed only when asked for;
 * ``polarizability`` (A^3, 3x3): alpha_sys = eps_e k_e sum_i alpha_i (models with

@@ -1,7 +1,7 @@
-"""Validate a trained polmp model's response observables against reference data (issue 7).
+"""Validate a trained polmp model's response observables against reference data.
 
 Three comparisons, none of whose labels the model was trained on (it sees energies,
-forces and stress only; method.md sections 1 and 7):
+forces and stress only; docs/method.md#model and #born-charges):
 
 1. Born effective charges Z*_{i,ab} = dP_a/dr_{i,b} (e; vacuum, eps_e = 1, direct form)
    of the 81 water clusters of ``lesfit_spice_bec/water.xyz`` (DFT, SPICE
@@ -19,14 +19,14 @@ forces and stress only; method.md sections 1 and 7):
    ``polmp.observables.polarization.system_polarizability``) of periodic 96-atom frames
    of ``kapil_water_bulk_dipole_pol/water_bulk.xyz`` against ``REF_polarizability``
    (A^3, DFPT, Grisafi et al. PRL 2018), evenly strided.  eps_e = eps_inf / (1 + chi)
-   per frame (method.md section 7, ``electronic_screening``; eps_inf = 1.78 for water).
+   per frame (docs/method.md, ``electronic_screening``; eps_inf = 1.78 for water).
    Metrics: Pearson r of all 9 components pooled after removing each component's mean
    over frames (fluctuations), of the isotropic part tr/3 across frames, and of the 9
    components of the anisotropic part alpha - tr/3 I pooled (fluctuations).  Pearson r
    does not depend on a constant eps_e; the mean isotropic values are printed as a
    scale check.  Skipped for variants without alpha (no induced dipoles).
 
-The global sign of all latents is arbitrary (method.md section 7): the sign of the
+The global sign of all latents is arbitrary (docs/method.md): the sign of the
 predicted Z* and dipoles is chosen once per model, as the sign of sum(Z*_pred Z*_ref)
 over the GFN2 clusters, and applied to every set (polarizabilities do not depend on it).
 
@@ -59,7 +59,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 LESFIT_WATER = ("lesfit_spice_bec", "water.xyz")
 KAPIL_WATER = ("kapil_water_bulk_dipole_pol", "water_bulk.xyz")
-#: High-frequency dielectric constant of water (method.md section 7).
+#: High-frequency dielectric constant of water (docs/method.md#screening).
 EPS_INF_WATER = 1.78
 #: A polarizability whose anisotropic part is below this fraction of its largest
 #: entry is isotropic (the rest is rounding of tr/3).

@@ -117,8 +117,8 @@ class TrainingConfig:
     ``energy_weight * <((E - E_ref)/N_atoms)^2> + forces_weight * <(F - F_ref)^2>
     + stress_weight * <(sigma - sigma_ref)^2>`` with means over the labelled graphs,
     force components and stress components.  From epoch ``stage2_start_epoch`` on
-    (0-based) the energy weight is ``stage2_energy_weight`` (method.md section 9: the
-    energy weight is raised in a second stage).  Weights are traced arrays, so the
+    (0-based) the energy weight is ``stage2_energy_weight`` (as in the
+    paper, docs/method.md#training).  Weights are traced arrays, so the
     switch does not recompile.
 
     Attributes:

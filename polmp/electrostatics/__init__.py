@@ -1,4 +1,4 @@
-"""Long-range electrostatics of latent multipoles (method.md sections 2-6).
+"""Long-range electrostatics of latent multipoles (docs/method.md).
 
 Public entry points (see ``docs/electrostatics.md``):
 

@@ -1173,7 +1173,7 @@ def long_range(
 ) -> LongRange:
     """Long-range energy, potential, field and one-shot response of latent multipoles.
 
-    E_lr = E_elec[q, mu, Theta] + U_iq + U_iu (method.md eqs. 3-6), with E_elec the
+    E_lr = E_elec[q, mu, Theta] + U_iq + U_iu (docs/method.md#energy), with E_elec the
     periodic k-space sum (Ewald or PME, self energy removed, k = 0 omitted: tinfoil
     boundary, uniform background for a net charge) or, for ``cell=None``, the
     non-periodic all-pairs sum.  Host function: validates, prepares a

@@ -1,6 +1,6 @@
 """Non-periodic electrostatics of Gaussian-smeared multipoles: all pairs, chunked.
 
-Implements method.md section 4 for clusters and molecules::
+Implements docs/method.md#direct for clusters and molecules::
 
     E_elec = k_e/2 sum_{i != j} D_i D_j g(|r_i - r_j|),
     D_i = q_i + mu_i . grad_i + 1/2 Theta_i : grad_i grad_i,
@@ -81,7 +81,7 @@ def direct_energy(
     atom_mask=None,
     chunk_size=256,
 ):
-    """Electrostatic energy of Gaussian-smeared multipoles in vacuum (method.md eq. 4).
+    """Energy of Gaussian-smeared multipoles in vacuum (docs/method.md#direct).
 
     Args:
         positions: Float[Array, 'N 3'], A.
@@ -134,7 +134,7 @@ def direct_potential_field(
     atom_mask=None,
     chunk_size=256,
 ):
-    """Potential and field at each atom from all other multipoles (method.md eq. 5).
+    """Potential and field at each atom (docs/method.md#potential-field).
 
     phi_i = dE/dq_i = k_e sum_{j != i} D_j g(|r_j - r_i|) and
     E_i = -dE/dmu_i = -k_e sum_{j != i} grad_i D_j g(|r_j - r_i|) with E from

@@ -1,6 +1,6 @@
 """Reciprocal-space Ewald sum for Gaussian-smeared multipoles (pure, jittable).
 
-Implements method.md sections 3 and 5 for periodic cells::
+Implements docs/method.md#ewald and docs/method.md#potential-field::
 
     E_elec = 1/(2 eps0 V) sum_{k in half space, 0<|k|<=k_c} 2 exp(-sigma^2 k^2/2)/k^2
              |S(k)|^2 - E_self,
@@ -262,7 +262,7 @@ def reciprocal_energy(
 def ewald_energy(
     positions, cell, q, mu, theta, kgrid, *, sigma, atom_mask=None, chunk_size=None
 ):
-    """E_elec of smeared multipoles in a periodic cell (method.md eq. 3, self removed).
+    """E_elec of smeared multipoles in a periodic cell (docs/method.md#ewald).
 
     Args:
         positions, cell, q, mu, theta, kgrid, sigma, atom_mask, chunk_size: as

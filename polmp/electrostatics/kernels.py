@@ -2,7 +2,7 @@
 
 Contract
 --------
-Every pair interaction of polmp's multipoles (method.md sections 2 and 4) is written
+Every pair interaction of polmp's multipoles (docs/method.md#multipoles) is written
 with Smith's radial functions of a pair kernel g(r)::
 
     B_0(r) = g(r),        B_{l+1}(r) = -(1/r) dB_l/dr  (= -2 dB_l/d(r^2)),
@@ -17,7 +17,7 @@ sqrt at r = 0):
 * ``coulomb_radial``:  g(r) = 1/r, B_l = (2l-1)!!/r^(2l+1).  Singular at r = 0; the
   caller must pass ``r2 > 0`` (masked pairs are replaced by a safe value).
 * ``gaussian_radial``: g(r) = erf(r/(sqrt(2) sigma))/r, the kernel between two
-  Gaussian charges of standard deviation sigma/sqrt(2) per axis (method.md section 10),
+  Gaussian charges of standard deviation sigma/sqrt(2) per axis (docs/method.md),
   whose Fourier transform is 4 pi exp(-sigma^2 k^2/2)/k^2.  A positive series (Kummer's
   transform of the incomplete gamma function) with stable downward recursion is used
   for r^2/(2 sigma^2) < 2, and the upward erf recursion beyond.
@@ -26,8 +26,8 @@ sqrt at r = 0):
   equal kernels at large r are taken between the erfc forms, so the tail keeps its
   relative accuracy.
 
-Multipole convention (the one of the structure factor S(k), method.md section 2)
--------------------------------------------------------------------------------
+Multipole convention (that of S(k), docs/method.md#structure-factor)
+----------------------------------------------------------------
 The charge density of atom i is
 ``rho_i(r) = q_i delta - mu_i . grad delta + 1/2 Theta_i : grad grad delta`` (all
 centred on r_i), whose Fourier transform int rho exp(i k.r) is
@@ -158,7 +158,7 @@ def gaussian_radial(r2, sigma, max_l=4):
 
     Args:
         r2: Float[Array, '...'], squared distance, A^2 (>= 0).
-        sigma: kernel width, A (method.md: pair kernel in k space exp(-sigma^2 k^2/2)/k^2).
+        sigma: pair-kernel width, A (exp(-sigma^2 k^2/2)/k^2 in k space).
         max_l: highest order returned (static int, <= MAX_ORDER).
 
     Returns:

@@ -31,7 +31,7 @@ sheared cells are covered completely.
 
 ``les_compat=True``
 -------------------
-Exactly the k-set of the reference implementation (method.md section 10): every
+Exactly the k-set of the reference implementation (docs/method.md#les-compat): every
 reciprocal vector with 0 < |k| <= 2 pi / dl, dl = 2.0 A (inclusive), over a half
 space with weight 2.  It is not converged (~0.7 % on a 192-atom water box, more for
 sheared or larger cells) and jumps when a vector crosses the sphere.  Its constant

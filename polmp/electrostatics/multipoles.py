@@ -1,7 +1,7 @@
 """Gaussian-smeared point multipoles: latent channels, structure factor, self energy.
 
-Conventions (method.md section 2, written down once here)
----------------------------------------------------------
+Conventions (docs/method.md#multipoles, written down once here)
+---------------------------------------------------------------
 Atom i carries a charge q_i (e), a dipole mu_i (e A) and a symmetric quadrupole
 Theta_i (e A^2) in the *primitive second-moment* convention: a set of point charges
 c_a at offsets s_a from r_i has ``mu = sum_a c_a s_a`` and
@@ -26,7 +26,7 @@ Averaging over directions (<k_a k_b> = k^2 delta_ab/3, <(k^T A k)^2> = k^4 (tr(A
     E_self = c sum_i [ q_i^2/sigma + (|mu_i|^2 - q_i tr Theta_i)/(3 sigma^3)
                        + ((tr Theta_i)^2 + 2 ||Theta_i||_F^2)/(20 sigma^5) ],
 
-which for traceless Theta is method.md section 3 exactly
+which for traceless Theta is docs/method.md#self-energy exactly
 (c [q^2/sigma + |mu|^2/(3 sigma^3) + ||Theta||_F^2/(10 sigma^5)]).  For a single
 charge this is k_e q^2/(sqrt(2 pi) sigma) = k_e/2 q^2 g(0), i.e. 1/2 q^2 times the
 r -> 0 limit of the pair kernel (note sqrt(2 pi), not sqrt(pi): sigma is the width of
@@ -196,7 +196,7 @@ def _coefficients(kvec, q, mu, theta):
 def structure_factor(positions, kvectors, q, mu=None, theta=None):
     """Structure factor S(k) of smeared multipoles for a set of k-vectors.
 
-    S(k) = sum_i [q_i + i k.mu_i - 1/2 k^T Theta_i k] exp(i k.r_i)  (method.md eq. 2).
+    S(k) = sum_i [q_i + i k.mu_i - 1/2 k^T Theta_i k] exp(i k.r_i).
     Memory is O(N K): chunk the k-vectors for large sets (``ewald`` does).
 
     Args:
@@ -229,7 +229,7 @@ def _trace(theta):
 
 
 def self_energy(q, mu=None, theta=None, *, sigma, atom_mask=None):
-    """Self energy of Gaussian-smeared multipoles (module docstring; method.md sec. 3).
+    """Self energy of Gaussian-smeared multipoles (docs/method.md#self-energy).
 
     Args:
         q: Float[Array, 'N'] or 'N C', e.
@@ -261,7 +261,7 @@ def self_potential_field(q, mu=None, theta=None, *, sigma):
 
     phi_self = 2c [q/sigma - tr Theta/(6 sigma^3)],  E_self = -2c mu/(3 sigma^3).
     A bare reciprocal sum contains these; subtract them to get the potential and field
-    of the *other* atoms (method.md section 5).
+    of the *other* atoms (docs/method.md#potential-field).
 
     Args:
         q, mu, theta: as :func:`self_energy` (mu None -> zero field).

@@ -1,6 +1,6 @@
 """Smooth particle-mesh Ewald (PME) for Gaussian-smeared charges, dipoles, quadrupoles.
 
-Implements the reciprocal sum of method.md section 3 on a mesh (Essmann et al., J. Chem.
+Implements the reciprocal sum of docs/method.md#pme on a mesh (Essmann et al., J. Chem.
 Phys. 103, 8577 (1995), smooth PME with cardinal B-splines), extended to point dipoles
 and quadrupoles by spreading them with the first and second derivatives of the spline
 weights::
@@ -535,7 +535,7 @@ def pme_energy(positions, cell, q, mu, theta, spec, *, sigma, atom_mask=None):
     """Reciprocal-space energy of Gaussian-smeared multipoles by smooth PME.
 
     E = 1/(2 eps0 V) sum_{k != 0} exp(-sigma^2 k^2/2)/k^2 |S(k)|^2 with
-    S(k) = sum_i [q_i + i k.mu_i - 1/2 k^T Theta_i k] exp(i k.r_i) (method.md eq. 3).
+    S(k) = sum_i [q_i + i k.mu_i - 1/2 k^T Theta_i k] exp(i k.r_i).
     **The self energy is not subtracted.**  Absent terms (``mu``/``theta`` None) are
     skipped statically.
 

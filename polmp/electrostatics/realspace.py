@@ -7,7 +7,7 @@ integer image shifts; ``realspace_energy`` and ``realspace_potential_field`` are
 jittable and differentiable in positions, cell and every multipole (pair vectors are
 rebuilt from the traced cell: r_ij = R[j] - R[i] + shifts_ij @ cell).
 
-The split: the periodic energy of sigma-smeared multipoles (method.md section 3,
+The split: the periodic energy of sigma-smeared multipoles (docs/method.md#ewald,
 k = 0 omitted, self energy E_self(sigma) removed) is, for any sigma_split > sigma,
 ::
 

@@ -1,4 +1,4 @@
-"""Linear electrical response of the latent multipoles (method.md section 6).
+"""Linear electrical response of the latent multipoles (docs/method.md#response).
 
 One-shot (non-self-consistent) response, computed once from the potential phi_i and
 field E_i of the *permanent* multipoles (self terms removed)::
@@ -67,7 +67,7 @@ __all__ = [
 
 
 class Response(NamedTuple):
-    """One-shot response (method.md section 6).
+    """One-shot response (docs/method.md#response).
 
     Attributes:
         dq: induced charges, shaped like phi (N,) or (N, C), e (None without kappa).
@@ -161,7 +161,7 @@ def response_energy(phi, field, kappa=None, alpha=None, e_ext=None, atom_mask=No
 
 
 def one_shot_response(phi, field, kappa=None, alpha=None, e_ext=None, atom_mask=None):
-    """Induced moments and response energies in one call (method.md section 6).
+    """Induced moments and response energies in one call (docs/method.md#response).
 
     Args:
         phi, field, kappa, alpha, e_ext, atom_mask: as :func:`response_energy`.

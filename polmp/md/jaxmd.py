@@ -27,7 +27,7 @@ free space), converted to polmp's row cells in one place
   ``npt_nose_hoover`` apply to every displacement (dR -> P dR, P a scalar or 3x3),
   so those quantities include the model's virial.
 * ``e_ext``: a uniform external field, V/A.  It enters the induced dipoles and U_iu
-  (docs/method.md section 6), and the forces gain the field's force on the ions,
+  (docs/method.md#external-field), and the forces gain the field's force on the ions,
   F_i += Z*_i^T E_ext with Z* = sqrt(eps_e) dP/dr_i (section 7).  That force is not
   the gradient of an energy in a periodic cell; it is added to the gradient jax-md
   takes through a term whose value is zero.

@@ -1,4 +1,4 @@
-"""Equivariant short-range network with latent multipole heads (issue 5).
+"""Equivariant short-range network with latent multipole heads.
 
 Public names: ``ModelConfig``, ``AtomicModel``, ``AtomicOutputs``, ``make_energy_fn``,
 ``EnergyFns``, ``l2_to_symmetric_traceless``, ``symmetric_traceless_to_l2``,

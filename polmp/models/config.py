@@ -1,6 +1,6 @@
 """Model configuration: a frozen, hashable dataclass validated on construction.
 
-The variant string decides which latent heads exist (method.md section 1):
+The variant string decides which latent heads exist (docs/method.md#variants):
 
     =============  ===  ===  =====  =====  =====
     variant        q    mu   Theta  kappa  alpha

@@ -1,7 +1,7 @@
 """Latent multipole heads, per-atom energy readout and per-species reference energies.
 
 From the backbone features h_i (irreps ``C x 0e + C x 1o + C x 2e ...``) the heads give,
-per atom i (method.md section 1; units of the latents as there):
+per atom i (docs/method.md#model; units of the latents as there):
 
     q_i      (N, C_q)   0e      e          q_scale * W_q h_i
     mu_i     (N, 3)     1o      e*A        mu_scale * W_mu h_i          (polar vector)
@@ -17,13 +17,13 @@ structure so that they sum to its total charge (``polmp.models.total_charge``); 
 softness weights s_i = softplus(W_s h_i + b) + s_min come from one more 0e head.
 
 Every output is zero on padding atoms.  T is ``l2_to_symmetric_traceless``, the single
-place where an l = 2 irrep becomes a Cartesian tensor (style.md 3.3).
+place where an l = 2 irrep becomes a Cartesian tensor (docs/method.md#model).
 
 Conventions.
     * e3nn-jax orders the 1o components as (x, y, z), so D^1(R) = R and mu rotates as
       R mu; under inversion mu -> -mu.
-    * Theta is the traceless primitive second moment of method.md eq. 2: it enters the
-      structure factor as -1/2 k^T Theta k, i.e. Theta_ab ~ sum q r_a r_b (traceless
+    * Theta is the traceless primitive second moment (docs/method.md#multipoles):
+      it enters S(k) as -1/2 k^T Theta k, i.e. Theta_ab ~ sum q r_a r_b (traceless
       part), with no factor 3/2 (Buckingham) and no 1/2.  The map T is an isometry
       between the 5 components and the Frobenius norm (||T(v)||_F = |v|), equivariant:
       T(D^2(R) v) = R T(v) R^T, and T(v) is unchanged under inversion (2e is even).
@@ -63,7 +63,7 @@ def _l2_basis() -> np.ndarray:
 def l2_to_symmetric_traceless(x: jax.Array) -> jax.Array:
     """Map l = 2 irrep components (e3nn order) to a symmetric traceless 3x3 tensor.
 
-    The one conversion function of the package (style.md 3.3); its inverse is
+    The one conversion function of the package; its inverse is
     ``symmetric_traceless_to_l2``.  Isometric: sum_ab T_ab^2 = sum_m x_m^2.
 
     Args:

@@ -3,7 +3,7 @@
 The model gives per-atom latents on the flat atom axis of a padded ``Graph`` that may
 hold several structures (periodic, non-periodic, different cells).  The electrostatics
 :class:`~polmp.electrostatics.api.Solver` computes E_lr of ONE structure; this module
-only gathers, vmaps and scatters (method.md sections 2-6)::
+only gathers, vmaps and scatters (docs/method.md#multipoles to #response)::
 
     E_lr,g = E_elec[q, mu, Theta; graph g] + U_iq,g + U_iu,g          (eV per graph)
 
@@ -508,7 +508,7 @@ def graph_long_range(
     """E_lr per graph of the latents in ``outputs`` (module docstring).  Jittable.
 
     E_lr,g = E_elec[q, mu, Theta] + U_iq + U_iu with dq = -kappa phi and
-    dmu = alpha (E + E_ext) (method.md sections 3, 4, 6), by one
+    dmu = alpha (E + E_ext) (docs/method.md#response), by one
     :class:`~polmp.electrostatics.Solver` per graph (``jax.vmap`` over the slots).
 
     Args:

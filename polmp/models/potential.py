@@ -12,7 +12,8 @@ Initialise under jit (eager e3nn init is slow)::
 
 ``make_energy_fn(config, long_range_fn=...)`` bundles the model into pure functions of
 ``(params, graph)``: per-graph energies E = E_sr + E_lr, and forces F = -dE/dR and the
-stress sigma = (1/V) dE/d(strain) by autodiff of that one energy (style.md 3.3).
+stress sigma = (1/V) dE/d(strain) by autodiff of that one energy
+(docs/method.md#energy).
 
 E_lr is supplied by the caller as ``long_range_fn(graph, positions, cell, outputs
 [, long_range]) -> Float[Array, 'G']`` (eV per graph) or a ``LongRangeOutputs`` (its

@@ -2,7 +2,7 @@
 
 Everything here is autodiff of a function that maps positions to the *total* latent
 charges and dipoles of a frame (permanent + induced), so it works for any model
-(method.md §7):
+(docs/method.md#polarization):
 
     P = sum_i (q_i + dq_i) r_i + sum_i (mu_i + dmu_i)     (mean of q + dq removed)
     Z*_{i,ab} = sqrt(eps_e) dP_a / dr_{i,b}
@@ -351,7 +351,7 @@ def polarization_current(
       ``jax.jvp``): the dipole part along v, and for each reciprocal direction a the
       derivatives of Re/Im Pt_a along cos(2 pi s_{i,a}) v_i and sin(2 pi s_{i,a}) v_i.
 
-    This is what an MD scan records per step for IR spectra (method.md section 8).
+    This is what an MD scan records per step for IR spectra (docs/method.md#polarization-current).
 
     Args:
         charges_fn: positions -> (charges (N,) e, dipoles (N, 3) e*A), total latents.
@@ -434,7 +434,7 @@ def acoustic_sum_rule_violation(bec, atom_mask=None):
 
 
 def electronic_screening(eps_inf: float, alpha=None, volume=None):
-    """Screening constant eps_e for Born charges (method.md §7).
+    """Screening constant eps_e for Born charges (docs/method.md#screening).
 
     eps_e = eps_inf without induced dipoles; with them eps_inf / (1 + chi),
     chi = sum_i tr(alpha_i)/3 / (eps0 V).

@@ -1,6 +1,6 @@
 """Vibrational spectra from MD time series (host-side post-processing, numpy).
 
-Estimators (method.md §8), all from arrays saved by an MD run at a fixed interval:
+Estimators (docs/method.md#spectra), from arrays an MD run saves at a fixed interval:
 
 IR (dipole-derivative autocorrelation, Pdot(t) = sum_i Z*_i(t) v_i(t) in e*A/fs):
     I(w) ~ 1/3 sum_a FT[ < Pdot_a(0) Pdot_a(t) > ](w)

@@ -181,7 +181,7 @@ def test_smeared_kernel_smooth_at_origin(x64):
 
 
 def test_self_energy_convention(x64, rng):
-    """1/2 D_i D_i g(0) equals method.md's E_self: fixes the 1/2 Theta convention vs S(k)."""
+    """1/2 D_i D_i g(0) equals E_self: fixes the 1/2 Theta convention vs S(k)."""
     sigma = 0.8
     _, q, mu, theta = random_multipoles(rng, 4)
     B = kernels.gaussian_radial(jnp.zeros(4), sigma, 4)

@@ -307,9 +307,10 @@ def test_les_compat_offset_on_water(x64):
     e_les = energy(positions, cell, q, None, None, les)
     e_conv = energy(positions, cell, q, None, None, conv)
     rel = abs(e_les - e_conv) / abs(e_conv)
-    # Measured: 0.18 % of E_elec (0.62 eV) with these physical charges (method.md
-    # section 10 quotes ~0.7 % for the reference's latent charges; random neutral
-    # charges give 0.6-4 %).  The missing tail is ~erfc(pi sigma/sqrt 2) of E_self.
+    # Measured: 0.18 % of E_elec (0.62 eV) with these physical charges
+    # (docs/method.md#les-compat: ~0.7 % with the reference's latent charges; random
+    # neutral charges give 0.6-4 %).  The missing tail is ~erfc(pi sigma/sqrt 2)
+    # of E_self.
     assert 0.0012 < rel < 0.003, rel
     e_self = float(multipoles.self_energy(q, sigma=SIGMA))
     tail = math.erfc(math.pi * SIGMA / math.sqrt(2)) * e_self

@@ -188,7 +188,7 @@ def test_pme_matches_ewald(x64, rng, cell_name, terms):
 
 
 def self_energy(q, mu=None, theta=None, sigma=SIGMA):
-    """E_self of method.md section 3 (the scale ``accuracy`` refers to)."""
+    """E_self of docs/method.md#self-energy (the scale ``accuracy`` refers to)."""
     total = np.sum(q**2) / sigma
     if mu is not None:
         total += np.sum(mu**2) / (3 * sigma**3)

@@ -1,10 +1,11 @@
 """Real-space Ewald split: consistency with the reciprocal sum, exact torch-pme references,
 and the vacuum limit (a cluster in a large periodic box vs ``direct_energy``).
 
-The reciprocal sum used here is a tiny, brute-force jnp implementation of method.md
-section 3 (full k sphere with weight 1, self energy removed), written inside the test so
-that it is independent of the library's ``ewald`` module; when that module exists the
-last test also checks it through ``polmp.electrostatics.api.long_range``.
+The reciprocal sum used here is a tiny, brute-force jnp implementation of
+docs/method.md#ewald (full k sphere with weight 1, self energy removed), written
+inside the test so that it is independent of the library's ``ewald`` module; when
+that module exists the last test also checks it through
+``polmp.electrostatics.api.long_range``.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ def test_cluster_in_box_equals_direct_sum(x64, rng, charged):
     O(L^-5) remainder (quadrupole-quadrupole, dipole-octupole, charge-hexadecapole image
     terms) is checked by its scaling between L = 40 and 60 A: any error in the O(1/L) or
     O(L^-3) terms would break it.  At L = 100 A the agreement is ~2e-7 relative
-    (method.md asks for 1e-4).
+    (docs/method.md#direct).
     """
     positions, q, mu, theta = cluster(rng, charged)
     sigma = 1.0
@@ -276,7 +277,7 @@ def test_cluster_in_box_with_library_ewald(x64, rng):
     except (ImportError, AttributeError) as err:
         pytest.skip(f"polmp.electrostatics.api.long_range not available yet ({err})")
     positions, q, mu, theta = cluster(rng, charged=False)
-    # method.md: a 100 A box around a small cluster reproduces the direct sum after the
+    # A 100 A box around a small cluster reproduces the direct sum after the
     # dipole correction; the remaining O(L^-5) term is ~1e-7 relative there (it is
     # ~1e-5 at 40 A, see the test above).
     length, sigma = 100.0, 1.0

@@ -1,4 +1,4 @@
-"""The one shared equivariance helper of the test suite (style.md 3.8, item 5).
+"""The one shared equivariance helper of the test suite.
 
 ``assert_equivariant(fn, positions, kinds, rng)`` checks that
 

@@ -1,4 +1,4 @@
-"""Born charges, polarization and polarizability from autodiff (method.md §7)."""
+"""Born charges, polarization and polarizability from autodiff (docs/method.md)."""
 
 import jax
 import jax.numpy as jnp
