@@ -320,7 +320,7 @@ def bind(
             raise ValueError(f"e_ext must have shape (3,), V/A; got {e_ext.shape}")
         return e_ext
 
-    def latents_fn(R, neighbor, box=None, e_ext=None):
+    def latents_fn(R, neighbor, box=None, e_ext=None, induced_dipoles=True):
         x0, c = cartesian(R, box)
         edges = neighbor_edges(neighbor, x0, c)
         field = field_of(e_ext, x0.dtype)
@@ -330,6 +330,9 @@ def bind(
             graph = assemble(x, c, edges)
             outputs = fns.outputs_fn(params, graph, long_range=data, e_ext=field)
             q, mu = total_latents(outputs)
+            if not induced_dipoles and outputs.dmu is not None:
+                dmu = outputs.dmu
+                mu = mu - (dmu.sum(1) if dmu.ndim == 3 else dmu)
             alpha = None if outputs.alpha is None else outputs.alpha[:n]
             return (q[:n], mu[:n]), alpha
 
@@ -378,7 +381,13 @@ def bind(
         if field is not None:
             from polmp.observables.polarization import field_forces
 
-            charges_fn, _, _ = latents_fn(R, neighbor, box, e_ext)
+            # The induced dipoles' share of Z*^T E_ext is already the gradient of
+            # U_iu, whose dmu = alpha (E + E_ext) sees the field (the solver got
+            # e_ext above); adding it again would count it twice.  So the explicit
+            # term carries the Born charges of q + dq and the permanent mu only.
+            charges_fn, _, _ = latents_fn(
+                R, neighbor, box, e_ext, induced_dipoles=False
+            )
             z = born_charges(
                 lambda r: charges_fn(r)[0],
                 jax.lax.stop_gradient(x0),
