@@ -122,7 +122,8 @@ def test_default_dtype_works_without_x64():
     atoms = ase.Atoms(
         numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True
     )
-    atoms.calc = Calculator(CONFIG, params, long_range_options=LR)
+    # float32: an accuracy above the float32 floor (1e-8 would be refused, clearly)
+    atoms.calc = Calculator(CONFIG, params, long_range_options={**LR, "accuracy": 1e-6})
     assert np.isfinite(atoms.get_potential_energy())
     with pytest.raises(ValueError, match="jax_enable_x64"):
         Calculator(CONFIG, params, dtype=np.float64)
