@@ -357,14 +357,27 @@ DEMO_EQUILIBRATION = 200
 DEMO_STEPS = 1200
 
 
-def default_water_ir() -> str:
-    """Path of the experimental liquid-water IR shipped with polmp (CC0)."""
-    from importlib.resources import as_file
+#: The experimental liquid-water IR (Segelstein 1981, refractiveindex.info, CC0) as
+#: laid out in the project's reference data; read from there, never copied into the
+#: package (the reference data folder mixes licences).
+DEFAULT_WATER_IR = (
+    "../shared/data/water_ir_optical_constants/refractiveindex_info/H2O_Segelstein.yml"
+)
 
-    from polmp.data.embedded import water_ir_path
 
-    with as_file(water_ir_path()) as path:  # a real file for an installed package
-        return str(path)
+def default_water_ir() -> str | None:
+    """Path of the experimental liquid-water IR when the reference data are present
+    (``$POLMP_SHARED_DATA`` or ``../shared/data``), else None (no overlay)."""
+    import os
+    import pathlib
+
+    root = os.environ.get("POLMP_SHARED_DATA")
+    path = (
+        pathlib.Path(root, *pathlib.Path(DEFAULT_WATER_IR).parts[3:])
+        if root
+        else pathlib.Path(DEFAULT_WATER_IR)
+    )
+    return str(path) if path.exists() else None
 
 
 def build_parser() -> argparse.ArgumentParser:

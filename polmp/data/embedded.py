@@ -34,12 +34,10 @@ __all__ = [
     "EMBEDDED_SETS",
     "WATER_GFN2_FILES",
     "NACL_GFN2_FILE",
-    "WATER_IR_FILE",
     "load_embedded",
     "load_nacl_gfn2",
     "load_water_gfn2",
     "water_gfn2_path",
-    "water_ir_path",
 ]
 
 #: Prefix that names a shipped data set wherever a data path is accepted
@@ -143,13 +141,3 @@ def load_embedded(name: str) -> list[Frame]:
         return load_nacl_gfn2()
     return [frame for kind in EMBEDDED_SETS[name] for frame in load_water_gfn2(kind)]
 
-
-#: Experimental optical constants of liquid water at 25 C (Segelstein 1981, from the
-#: refractiveindex.info database, CC0 1.0), copied unchanged; the IR overlay of
-#: ``polmp demo`` / ``polmp spectra`` (``polmp.observables.spectra.experimental_water_ir``).
-WATER_IR_FILE = "water_ir_segelstein.yml"
-
-
-def water_ir_path():
-    """``importlib.resources`` path of the shipped experimental water IR (Traversable)."""
-    return resources.files("polmp.data").joinpath("embedded", WATER_IR_FILE)

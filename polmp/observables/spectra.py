@@ -364,25 +364,21 @@ def raman_spectra(
     )
 
 
-def experimental_water_ir(path=None) -> Spectrum:
+def experimental_water_ir(path) -> Spectrum:
     """Experimental liquid-water IR absorption n(w)*alpha(w) from optical constants.
 
     Reads a refractiveindex.info YAML file (tabulated "wavelength_um n k") and returns
     n * alpha with alpha = 4 pi nu~ k (cm^-1), sorted by wavenumber.  Host only.
 
     Args:
-        path: a refractiveindex.info file of liquid water; None reads the copy shipped
-            with polmp (Segelstein 1981, CC0; ``polmp.data.embedded.water_ir_path``).
+        path: a refractiveindex.info file of liquid water (e.g.
+            ``water_ir_optical_constants/refractiveindex_info/H2O_Segelstein.yml`` of the
+            reference data, CC0).
     """
     import yaml
 
-    if path is None:
-        from polmp.data.embedded import water_ir_path
-
-        text = water_ir_path().read_text()
-    else:
-        with open(path) as handle:
-            text = handle.read()
+    with open(path) as handle:
+        text = handle.read()
     document = yaml.safe_load(text)
     tables = [d for d in document["DATA"] if d.get("type") == "tabulated nk"]
     if not tables:
