@@ -12,7 +12,7 @@ with the best EMA parameters and prints Markdown tables:
 * NaCl only: the Na9Cl8+ adatom frames binned by the distance of the extra Na from the
   cluster (``info["extra_na_distance_A"]``).
 
-Usage (repository root; ROOT as in the set's run_table.sh)::
+Usage (repository root; ROOT as in experiments/charged_table.sh)::
 
     python experiments/dimers/collect.py runs/charged/dimers --set dimers \\
         --json runs/charged/dimers/tables.json

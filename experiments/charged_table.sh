@@ -1,20 +1,38 @@
 #!/usr/bin/env bash
-# Variant x total-charge x seed table of the charged dimers (experiments/README.md,
-# "Charged systems").  One run per line; each run is skipped when finished
-# (metrics.json), resumed when it has checkpoints, started otherwise, so the script
-# can be re-run after an interruption.  Run from the repository root:
+# Variant x total-charge x seed table of one charged-systems set (experiments/README.md,
+# "Charged systems").  One run per line; a finished run (metrics.json) is skipped, one
+# with checkpoints is resumed, others are started, so the script can be re-run after an
+# interruption.  Run from the repository root:
 #
-#   OUT=runs/charged bash experiments/dimers/run_table.sh
+#   OUT=runs/charged bash experiments/charged_table.sh dimers     # or nacl, carbon_chain
 #   python experiments/dimers/collect.py "$OUT/dimers" --set dimers --json "$OUT/dimers/tables.json"
 #
 # Variables: OUT (output root, default runs/charged), POLMP (the polmp command, default
-# "python -m polmp.cli.main"), EXTRA (more dotted overrides for every run, e.g.
-# "training.num_devices=1").
+# "python -m polmp.cli.main"), EXTRA (more dotted overrides for every run).
 set -euo pipefail
+SET=${1:?usage: charged_table.sh dimers|nacl|carbon_chain}
+case "$SET" in
+  dimers) CONFIG=experiments/dimers/charged.yaml ;;
+  nacl) CONFIG=experiments/nacl/nacl.yaml ;;
+  carbon_chain) CONFIG=experiments/carbon_chain/charged.yaml ;;
+  *) echo "unknown set $SET (dimers, nacl, carbon_chain)" >&2; exit 2 ;;
+esac
 OUT=${OUT:-runs/charged}
-CONFIG=experiments/dimers/charged.yaml
-DIR="$OUT/dimers"
-source experiments/dimers/run_lib.sh
+DIR="$OUT/$SET"
+POLMP=${POLMP:-python -m polmp.cli.main}
+EXTRA=${EXTRA:-}
+
+run() {
+  local name=$1; shift
+  local dir="$DIR/$name"
+  if [[ -f "$dir/metrics.json" ]]; then echo "done: $dir"; return; fi
+  local resume=()
+  if [[ -d "$dir/checkpoints" ]] && [[ -n "$(ls -A "$dir/checkpoints" 2>/dev/null)" ]]; then
+    resume=(--resume)
+  fi
+  # shellcheck disable=SC2086
+  $POLMP train "$CONFIG" "${resume[@]}" output_dir="$dir" "$@" $EXTRA
+}
 
 for seed in 0 1 2; do
 run sr_s$seed                     model.variant=sr           model.total_charge_shift=none    training.seed=$seed
